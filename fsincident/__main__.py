@@ -1,0 +1,5 @@
+import sys
+
+from fsincident.cli import main
+
+sys.exit(main())

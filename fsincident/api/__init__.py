@@ -1,0 +1,238 @@
+"""The HTTP API (aiohttp): bearer-token auth with scopes, JSON errors, v1 incidents/rules, ops endpoints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fsincident.core import IncidentState, TransitionError
+from fsincident.evaluation.evaluator import Evaluator
+from fsincident.incidents.service import IncidentService, NotFound
+from fsincident.obs import Metrics, get_logger
+from fsincident.store import Store
+
+log = get_logger("fsincident.api")
+
+# What each scope grants: read < ack < admin; ingest stands apart (admin has it too).
+GRANTS = {
+    "read": {"read"},
+    "ack": {"read", "ack"},
+    "admin": {"read", "ack", "admin", "ingest"},
+    "ingest": {"ingest"},
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ApiContext:
+    """What the API reads and acts on; built by ``app.Daemon``."""
+
+    store: Store
+    incidents: IncidentService
+    evaluator: Evaluator
+    metrics: Metrics
+    ready: Callable[[], bool]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CTX = web.AppKey("ctx", ApiContext)
+
+
+def error(status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error response ``{"error": ..., "detail": ...}``."""
+    return web.json_response({"error": message, "detail": detail}, status=status, headers=headers)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, detail: Any = None):
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def scope(required: str) -> Callable[[Handler], Handler]:
+    """Mark a handler as needing a token that grants ``required``."""
+
+    def deco(fn: Handler) -> Handler:
+        fn.required_scope = required  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        resp = await handler(request)
+    except ApiError as e:
+        resp = error(e.status, e.message, e.detail)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            resp = error(e.status, e.reason, None, headers={k: v for k, v in e.headers.items() if k == "Allow"})
+        else:
+            raise
+    except Exception:
+        log.exception("api_internal_error", path=request.path, method=request.method)
+        resp = error(500, "internal error", "see the daemon's log")
+    ctx.metrics.http_requests.labels(route, str(resp.status)).inc()
+    return resp
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    required = getattr(handler, "required_scope", None)
+    if required is None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "missing bearer token", "send Authorization: Bearer TOKEN")
+    tok = await request.app[CTX].store.find_token(secret.strip())
+    if tok is None:
+        raise ApiError(401, "invalid token")
+    granted: set[str] = set()
+    for s in tok.scopes.split(","):
+        granted |= GRANTS.get(s.strip(), set())
+    if required not in granted:
+        raise ApiError(403, f"token {tok.name!r} lacks scope {required!r}", {"scopes": tok.scopes.split(",")})
+    request["token_name"] = tok.name
+    return await handler(request)
+
+
+async def json_body(request: web.Request, allowed: dict[str, type]) -> dict[str, Any]:
+    """The request's JSON object (empty body = {}); raises ApiError 400 naming what is wrong."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "malformed JSON body", str(e)) from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}", {"allowed": sorted(allowed)})
+    for k, typ in allowed.items():
+        if k in data and data[k] is not None and not isinstance(data[k], typ):
+            raise ApiError(400, f"field {k!r} must be a {typ.__name__}")
+    return data
+
+
+def incident_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(404, f"incident {raw!r} not found", "incident ids are integers") from None
+    if v < 1 or v > 2**62:
+        raise ApiError(404, f"incident {raw!r} not found")
+    return v
+
+
+# ---------------------------------------------------------------------- ops
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[CTX].ready():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "starting"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[CTX].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# ---------------------------------------------------------------------- v1
+
+STATES = {s.value for s in IncidentState}
+
+
+@scope("read")
+async def list_incidents(request: web.Request) -> web.Response:
+    state = request.query.get("state")
+    if state is not None and state not in STATES:
+        raise ApiError(400, f"invalid state {state!r}", {"allowed": sorted(STATES)})
+    try:
+        limit = int(request.query.get("limit", "500"))
+    except ValueError:
+        raise ApiError(400, "limit must be an integer") from None
+    if not 1 <= limit <= 10000:
+        raise ApiError(400, "limit must be between 1 and 10000")
+    items = await request.app[CTX].incidents.list(state=state, limit=limit)
+    return web.json_response({"incidents": items})
+
+
+@scope("read")
+async def get_incident(request: web.Request) -> web.Response:
+    try:
+        inc = await request.app[CTX].incidents.get(incident_id(request))
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+    return web.json_response(inc)
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    iid = incident_id(request)
+    body = await json_body(request, {"by": str, "note": str})
+    by = (body.get("by") or request["token_name"]).strip()[:200] or request["token_name"]
+    note = body.get("note")
+    if note is not None and len(note) > 4000:
+        raise ApiError(400, "note is longer than 4000 characters")
+    svc = request.app[CTX].incidents
+    try:
+        inc = await (svc.ack if action == "ack" else svc.resolve)(iid, by, note)
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+    except TransitionError as e:
+        raise ApiError(409, f"cannot {action}: {e}") from None
+    return web.json_response(inc)
+
+
+@scope("ack")
+async def ack_incident(request: web.Request) -> web.Response:
+    return await _act(request, "ack")
+
+
+@scope("ack")
+async def resolve_incident(request: web.Request) -> web.Response:
+    return await _act(request, "resolve")
+
+
+@scope("read")
+async def rules(request: web.Request) -> web.Response:
+    return web.json_response({"groups": request.app[CTX].evaluator.rules_view()})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error(404, f"no such endpoint: {request.method} {request.path}")
+
+
+def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+    """The aiohttp application serving the API with ``ctx``."""
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=4 * 1024 * 1024)
+    app[CTX] = ctx
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/api/v1/incidents", list_incidents)
+    r.add_get("/api/v1/incidents/{id}", get_incident)
+    r.add_post("/api/v1/incidents/{id}/ack", ack_incident)
+    r.add_post("/api/v1/incidents/{id}/resolve", resolve_incident)
+    r.add_get("/api/v1/rules", rules)
+    if extra_routes:
+        extra_routes(app)
+    return app

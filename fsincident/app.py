@@ -1,0 +1,251 @@
+"""Composition root: ``Daemon(config).start() / stop() / reload()``; the only place that wires stages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from fsincident import config as config_mod
+from fsincident.api import ApiContext, build_app
+from fsincident.config import Config
+from fsincident.core import Clock, ConfigError, Problem, SystemClock
+from fsincident.engine import Engine
+from fsincident.evaluation.evaluator import Evaluator
+from fsincident.incidents.service import IncidentService
+from fsincident.notify.outbox import Deliverer, Notifiers
+from fsincident.notify.render import Renderer
+from fsincident.obs import Metrics, Redactor, get_logger
+from fsincident.routing.tree import Route
+from fsincident.routing.tree import route as route_alert
+from fsincident.sources.runner import SourceRunner
+from fsincident.store import Store
+
+log = get_logger("fsincident.app")
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's NOTIFY_SOCKET when there is one (Type=notify); never fails."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+def routes_of(config: Config) -> list[Route]:
+    return [
+        Route(
+            index=i,
+            match=dict(r.match),
+            notify=tuple(r.notify),
+            group_by=tuple(r.group_by) if r.group_by is not None else None,
+            auto_resolve=r.auto_resolve,
+        )
+        for i, r in enumerate(config.routes)
+    ]
+
+
+class Daemon:
+    """The whole daemon, embeddable: build from a Config, start, reload, stop (never touches signals)."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None, redactor: Redactor | None = None):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.redactor = redactor or Redactor()
+        self.metrics = Metrics()
+        self.store = Store(config.database)
+        self.engine = Engine(self.clock)
+        self.sources = SourceRunner(self.clock, self.metrics)
+        self.notifiers = Notifiers(config)
+        self.renderer = Renderer(config.templates, config.external_url)
+        self.deliverer = Deliverer(self.store, self.clock, self.metrics, self.notifiers, config.delivery)
+        self.incidents = IncidentService(
+            self.store,
+            self.clock,
+            self.metrics,
+            render=lambda *a: self.renderer.render(*a),
+            destinations=lambda t: self.notifiers.destinations(t),
+            route=lambda labels: route_alert(self.routes, labels),
+            kick_delivery=self.engine.kicker(self.deliverer.name),
+        )
+        self.evaluator = Evaluator(
+            self.store, self.clock, self.metrics, self.sources.snapshot, kick=self.engine.kicker(self.incidents.name)
+        )
+        self.routes: list[Route] = routes_of(config)
+        self.runner: web.AppRunner | None = None
+        self._ready = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        """Migrate, load rule state, bind the API, start the engine; raises on a bad database or port."""
+        self._set_secrets(self.config)
+        await self.store.upgrade()
+        await self.evaluator.restore()
+        ctx = ApiContext(
+            store=self.store,
+            incidents=self.incidents,
+            evaluator=self.evaluator,
+            metrics=self.metrics,
+            ready=lambda: self._ready,
+        )
+        self.runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        self.engine.add(self.incidents, idle=1.0)
+        self.engine.add(self.deliverer, idle=1.0)
+        await self._apply(self.config)
+        self.engine.start()
+        self._ready = True
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+        log.info(
+            "daemon_started",
+            listen=self.config.listen,
+            database=_safe_db(self.config.database),
+            sources=len(self.config.sources),
+            rules=len(self.config.rules),
+        )
+        sd_notify("READY=1\nSTATUS=running")
+        self._start_watchdog()
+
+    async def _apply(self, config: Config) -> None:
+        """Wire a validated config into the running stages and (re)schedule their jobs."""
+        await self.sources.configure(config.sources)
+        self.notifiers = Notifiers(config)
+        self.deliverer.configure(self.notifiers, config.delivery)
+        self.renderer = Renderer(config.templates, config.external_url)
+        self.routes = routes_of(config)
+        self.evaluator.set_groups(config.groups)
+        keep = set()
+        for s in config.sources:
+            job = f"source:{s.name}"
+            keep.add(job)
+            self.engine.every(job, s.interval, _quiet(lambda n=s.name: self.sources.collect(n)))
+        for g in config.groups:
+            job = f"group:{g.name}"
+            keep.add(job)
+            self.engine.every(job, g.interval, _quiet(lambda n=g.name: self.evaluator.evaluate_group(n)))
+        self.engine.remove_jobs_except("source:", keep)
+        self.engine.remove_jobs_except("group:", keep)
+
+    def _set_secrets(self, config: Config) -> None:
+        secrets = Notifiers(config).secrets()
+        password = _db_password(config.database)
+        if password:
+            secrets.append(password)
+        self.redactor.set(secrets)
+
+    async def reload(self) -> bool:
+        """Reload the config directory; a bad config keeps the running one. Returns success."""
+        async with self._reload_lock:
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                new = config_mod.load(self.config.directory)
+                if new.database != self.config.database or new.listen != self.config.listen:
+                    raise ConfigError(
+                        [
+                            Problem(
+                                str(Path(self.config.directory) / config_mod.MAIN_FILE),
+                                None,
+                                "listen/database",
+                                "changing these needs a restart",
+                            )
+                        ]
+                    )
+                self._set_secrets(new)
+                await self._apply(new)
+            except ConfigError as e:
+                self.metrics.reload_ok.set(0)
+                log.error("config_reload_failed", problems=[str(p) for p in e.problems])
+                sd_notify("READY=1\nSTATUS=running (last reload failed)")
+                return False
+            except Exception as e:
+                self.metrics.reload_ok.set(0)
+                log.exception("config_reload_failed", error=str(e))
+                sd_notify("READY=1\nSTATUS=running (last reload failed)")
+                return False
+            self.config = new
+            self.metrics.reload_ok.set(1)
+            self.metrics.reload_time.set(time.time())
+            log.info("config_reloaded", sources=len(new.sources), rules=len(new.rules))
+            sd_notify("READY=1\nSTATUS=running")
+            return True
+
+    def _start_watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return
+        interval = int(usec) / 1e6 / 2
+
+        async def ping() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                if await self.store.ping():
+                    sd_notify("WATCHDOG=1")
+
+        self._watchdog = asyncio.create_task(ping())
+
+    async def stop(self, drain_seconds: float | None = None) -> None:
+        """Stop in reverse order: API, evaluation, then let in-flight deliveries finish and record."""
+        sd_notify("STOPPING=1")
+        self._ready = False
+        if self._watchdog:
+            self._watchdog.cancel()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.deliverer.draining = True
+        drain = drain_seconds if drain_seconds is not None else self.config.delivery.timeout.total_seconds() + 5
+        await self.engine.stop(drain={self.deliverer.name: drain, self.incidents.name: 10})
+        await self.sources.close()
+        await self.store.close()
+        log.info("daemon_stopped")
+
+
+def _safe_db(url: str) -> str:
+    if "@" in url and ":" in url.split("@", 1)[0].split("://", 1)[-1]:
+        scheme, rest = url.split("://", 1)
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _db_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _quiet(fn: Callable[[], object]) -> Callable[[], object]:
+    """Wrap a scheduled coroutine so shutdown's cancellation is not logged as an error."""
+
+    async def run() -> None:
+        try:
+            await fn()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("job_failed")
+
+    return run

@@ -1,0 +1,128 @@
+"""Pydantic models of fsincident.yaml and rules.d/*.yaml (strict: unknown keys are errors)."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from fsincident.core import Severity, valid_label_name
+from fsincident.plugins import Duration, Name, Options
+
+TARGET_KINDS = ("channel", "user", "schedule")
+
+
+def _target(v: str) -> str:
+    if not isinstance(v, str) or ":" not in v:
+        raise ValueError(f"invalid target {v!r}: write channel:NAME or user:NAME")
+    kind, _, name = v.partition(":")
+    if kind not in TARGET_KINDS or not name:
+        raise ValueError(f"invalid target {v!r}: write channel:NAME or user:NAME")
+    return v
+
+
+Target = Annotated[str, AfterValidator(_target)]
+
+
+def _label_names(v: dict[str, str]) -> dict[str, str]:
+    for k in v:
+        if not valid_label_name(k):
+            raise ValueError(f"invalid label name {k!r}")
+    return v
+
+
+def _stringify(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: (str(x).lower() if isinstance(x, bool) else str(x)) if x is not None else "" for k, x in v.items()}
+    return v
+
+
+LabelMap = Annotated[dict[str, str], BeforeValidator(_stringify), AfterValidator(_label_names)]
+
+
+def _listen(v: str) -> str:
+    m = re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(\d{1,5})$", v)
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"invalid listen address {v!r}: write HOST:PORT, e.g. 127.0.0.1:9095")
+    return v
+
+
+def _database(v: str) -> str:
+    if not re.match(r"^(sqlite|postgresql|postgres)(\+\w+)?://", v):
+        raise ValueError("database must be sqlite:///PATH or postgresql://USER@HOST/DB")
+    return v
+
+
+def _tz(v: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}") from None
+    return v
+
+
+class DeliveryOptions(Options):
+    """How the outbox delivers: per-attempt timeout, retry budget and backoff."""
+
+    timeout: Duration = timedelta(seconds=30)
+    max_attempts: int = Field(10, ge=1, le=1000)
+    initial_backoff: Duration = timedelta(seconds=2)
+    max_backoff: Duration = timedelta(minutes=10)
+    concurrency: int = Field(8, ge=1, le=256)
+    lease: Duration = timedelta(minutes=2)
+
+
+class UserOptions(Options):
+    name: Name
+    timezone: Annotated[str, AfterValidator(_tz)] = "UTC"
+    contacts: list[str] = Field(default_factory=list)
+
+
+class RouteOptions(Options):
+    match: LabelMap = Field(default_factory=dict)
+    notify: list[Target] = Field(default_factory=list)
+    group_by: list[str] | None = None
+    auto_resolve: bool = True
+
+
+class DaemonOptions(Options):
+    """fsincident.yaml; ``sources`` and ``channels`` are validated per kind by the loader."""
+
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9095"
+    database: Annotated[str, AfterValidator(_database)] | None = None
+    external_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    delivery: DeliveryOptions = Field(default_factory=DeliveryOptions)
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    channels: list[dict[str, Any]] = Field(default_factory=list)
+    users: list[UserOptions] = Field(default_factory=list)
+    routes: list[RouteOptions] = Field(default_factory=list)
+
+
+ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class RuleOptions(Options):
+    alert: Annotated[str, Field(pattern=ALERT_NAME, max_length=200)]
+    expr: str
+    source: Name | None = None
+    query: str | None = None
+    for_: Duration = Field(timedelta(0), alias="for")
+    keep_firing_for: Duration = timedelta(0)
+    severity: Severity = Severity.WARNING
+    labels: LabelMap = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class GroupOptions(Options):
+    name: Name
+    interval: Duration | None = None
+    source: Name | None = None
+    rules: list[RuleOptions] = Field(default_factory=list)
+
+
+class RuleFileOptions(Options):
+    groups: list[GroupOptions] = Field(default_factory=list)

@@ -1,0 +1,117 @@
+"""The engine: a loop per named module (``async tick(now) -> did_work``), kickable, plus apscheduler jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from fsincident.core import Clock
+from fsincident.obs import get_logger
+
+log = get_logger("fsincident.engine")
+
+
+class Module(Protocol):
+    name: str
+
+    async def tick(self, now: datetime) -> bool: ...
+
+
+class Engine:
+    """Runs modules until stopped; a module runs again at once when it did work or when kicked."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._modules: dict[str, tuple[Module, float]] = {}
+        self._events: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
+
+    def add(self, module: Module, idle: float = 1.0) -> None:
+        """Register ``module``; when idle it is polled every ``idle`` seconds."""
+        self._modules[module.name] = (module, idle)
+        self._events[module.name] = asyncio.Event()
+
+    def kick(self, name: str) -> None:
+        ev = self._events.get(name)
+        if ev is not None:
+            ev.set()
+
+    def kicker(self, name: str) -> Callable[[], None]:
+        return lambda: self.kick(name)
+
+    def start(self) -> None:
+        self._running = True
+        for name in self._modules:
+            self._tasks[name] = asyncio.create_task(self._loop(name), name=f"engine:{name}")
+        self.scheduler.start()
+
+    async def _loop(self, name: str) -> None:
+        module, idle = self._modules[name]
+        ev = self._events[name]
+        failures = 0
+        while self._running:
+            ev.clear()
+            try:
+                did = await module.tick(self.clock.now())
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("module_failed", module=name, failures=failures)
+                did = False
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            if did:
+                await asyncio.sleep(0)
+                continue
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=idle)
+            except TimeoutError:
+                pass
+
+    def every(self, job_id: str, interval: timedelta, fn: Callable[[], Awaitable[None]], *, first: bool = True) -> None:
+        """Run ``fn`` every ``interval`` (replacing a job with the same id); first run at once by default."""
+        kwargs = {}
+        if first:
+            kwargs["next_run_time"] = self.clock.now()
+        self.scheduler.add_job(
+            fn,
+            "interval",
+            seconds=interval.total_seconds(),
+            id=job_id,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(interval.total_seconds())),
+            **kwargs,
+        )
+
+    def remove_jobs_except(self, prefix: str, keep: set[str]) -> None:
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith(prefix) and job.id not in keep:
+                job.remove()
+
+    async def stop(self, drain: dict[str, float] | None = None) -> None:
+        """Stop the scheduler and the loops; modules named in ``drain`` get that many seconds to finish a tick."""
+        self._running = False
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        for ev in self._events.values():
+            ev.set()
+        drain = drain or {}
+        for name, task in self._tasks.items():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=drain.get(name, 0.5))
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._tasks.clear()

@@ -1,0 +1,1 @@
+"""Rule evaluation: the pure per-series state machine and the async evaluator."""

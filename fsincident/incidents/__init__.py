@@ -1,0 +1,1 @@
+"""Incidents: the pure named transitions, and the service that persists them with their outbox rows."""

@@ -1,0 +1,1 @@
+"""Notification delivery: the durable outbox, rendering, and channel kinds (apprise)."""

@@ -1,0 +1,1 @@
+"""Channel kinds, registered through the ``fsincident.notifiers`` entry points."""

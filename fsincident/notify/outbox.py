@@ -1,0 +1,229 @@
+"""The delivery stage: claim outbox rows by compare-and-set, send, record, retry with backoff.
+
+A row is ``pending`` until claimed; the claim (an UPDATE that must touch exactly one row) moves it
+to ``sending`` with a lease. A crash after sending but before recording leaves a ``sending`` row
+whose lease expires and which is sent again: a page may repeat, it is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from fsincident import plugins
+from fsincident.config import Config
+from fsincident.config.model import DeliveryOptions
+from fsincident.core import Clock, NotifyError, ensure_utc
+from fsincident.obs import Metrics, get_logger
+from fsincident.store import Store
+from fsincident.store.tables import IncidentEvent, Outbox
+
+log = get_logger("fsincident.notify")
+
+ACTIVE = ("pending", "sending")
+
+
+def backoff(attempt: int, options: DeliveryOptions, rnd: Callable[[], float] = random.random) -> timedelta:
+    """Exponential backoff with jitter: base * 2**(attempt-1), capped, scaled by a random 0.5–1.0."""
+    base = options.initial_backoff.total_seconds() * (2 ** max(attempt - 1, 0))
+    capped = min(base, options.max_backoff.total_seconds())
+    return timedelta(seconds=capped * (0.5 + 0.5 * rnd()))
+
+
+class Notifiers:
+    """The channel and user notifiers of one config; resolves ``channel:NAME`` / ``user:NAME`` targets."""
+
+    def __init__(self, config: Config):
+        self.by_target: dict[str, Any] = {}
+        for ch in config.channels:
+            cls = plugins.notifiers.get(ch.type)
+            self.by_target[f"channel:{ch.name}"] = cls(ch)
+        apprise_cls = plugins.notifiers.get("apprise")
+        for u in config.users:
+            if u.contacts:
+                opts = apprise_cls.Options(name=u.name, type="apprise", urls=list(u.contacts))
+                self.by_target[f"user:{u.name}"] = apprise_cls(opts)
+
+    def destinations(self, target: str) -> int:
+        n = self.by_target.get(target)
+        return len(n.destinations()) if n is not None else 0
+
+    def describe(self, target: str, index: int) -> str:
+        n = self.by_target.get(target)
+        if n is None:
+            return target
+        dests = n.destinations()
+        return dests[index] if index < len(dests) else target
+
+    def secrets(self) -> list[str]:
+        return [s for n in self.by_target.values() for s in n.secrets()]
+
+
+class Deliverer:
+    """The engine module that drains the outbox; ``draining`` stops new claims while in-flight ones finish."""
+
+    name = "delivery"
+
+    def __init__(self, store: Store, clock: Clock, metrics: Metrics, notifiers: Notifiers, options: DeliveryOptions):
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.notifiers = notifiers
+        self.options = options
+        self.draining = False
+        self._last_depth = 0.0
+
+    def configure(self, notifiers: Notifiers, options: DeliveryOptions) -> None:
+        self.notifiers, self.options = notifiers, options
+
+    async def tick(self, now: datetime) -> bool:
+        if self.draining:
+            return False
+        rows = await self.claim(now, self.options.concurrency)
+        if rows:
+            await asyncio.gather(*(self._deliver(r) for r in rows))
+        if not rows or time.monotonic() - self._last_depth > 5:
+            await self.update_depth()
+        return bool(rows)
+
+    async def claim(self, now: datetime, limit: int) -> list[Outbox]:
+        """Claim up to ``limit`` due rows (oldest first, one at a time per incident and destination)."""
+        older = sa.orm.aliased(Outbox)
+        due = sa.or_(
+            sa.and_(col(Outbox.state) == "pending", col(Outbox.next_attempt_at) <= now),
+            sa.and_(col(Outbox.state) == "sending", col(Outbox.lease_until) < now),
+        )
+        blocked = (
+            sa.select(older.id)
+            .where(
+                older.incident_id == Outbox.incident_id,
+                older.target == Outbox.target,
+                older.dest_index == Outbox.dest_index,
+                older.id < Outbox.id,
+                older.state.in_(ACTIVE),
+            )
+            .exists()
+        )
+        claimed: list[Outbox] = []
+        lease_until = now + self.options.lease
+        async with self.store.session() as s:
+            q = select(Outbox).where(due, ~blocked).order_by(col(Outbox.next_attempt_at), col(Outbox.id)).limit(limit)
+            if not self.store.is_sqlite:
+                q = q.with_for_update(skip_locked=True)
+            candidates = (await s.exec(q)).all()
+            for row in candidates:
+                res = await s.exec(  # type: ignore[call-overload]
+                    sa.update(Outbox)
+                    .where(
+                        col(Outbox.id) == row.id,
+                        col(Outbox.state) == row.state,
+                        col(Outbox.attempts) == row.attempts,
+                    )
+                    .values(state="sending", lease_until=lease_until, attempts=row.attempts + 1)
+                )
+                if res.rowcount == 1:
+                    row.state, row.lease_until, row.attempts = "sending", lease_until, row.attempts + 1
+                    claimed.append(row)
+        return claimed
+
+    async def _deliver(self, row: Outbox) -> None:
+        target = row.target
+        notifier = self.notifiers.by_target.get(target)
+        t0 = time.perf_counter()
+        error: NotifyError | None = None
+        if notifier is None:
+            error = NotifyError(f"{target} is no longer configured", permanent=True)
+        else:
+            msg = plugins.Message(title=row.title, body=row.body, kind=row.kind, severity=row.severity)
+            try:
+                await notifier.send(row.dest_index, msg, self.options.timeout.total_seconds())
+            except NotifyError as e:
+                error = e
+            except Exception as e:  # a notifier bug is a failed attempt, recorded and retried
+                log.exception("notifier_crashed", target=target)
+                error = NotifyError(f"{type(e).__name__}: {e}")
+        elapsed = time.perf_counter() - t0
+        channel = target
+        self.metrics.delivery_seconds.labels(channel).observe(elapsed)
+        await self._record(row, error)
+
+    async def _record(self, row: Outbox, error: NotifyError | None) -> None:
+        now = self.clock.now()
+        dest = self.notifiers.describe(row.target, row.dest_index)
+        if error is None:
+            values: dict[str, Any] = {"state": "sent", "sent_at": now, "lease_until": None, "last_error": None}
+            result, kind = "sent", "notify_sent"
+        elif error.permanent or row.attempts >= self.options.max_attempts:
+            values = {"state": "failed", "lease_until": None, "last_error": str(error)[:2000]}
+            result, kind = "failed", "notify_failed"
+        else:
+            delay = backoff(row.attempts, self.options)
+            values = {
+                "state": "pending",
+                "lease_until": None,
+                "last_error": str(error)[:2000],
+                "next_attempt_at": now + delay,
+            }
+            result, kind = "retry", "notify_retry"
+        async with self.store.session() as s:
+            res = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(col(Outbox.id) == row.id, col(Outbox.state) == "sending", col(Outbox.attempts) == row.attempts)
+                .values(**values)
+            )
+            if res.rowcount != 1:
+                return  # our lease was taken over; the new owner records the outcome
+            if row.incident_id is not None:
+                s.add(
+                    IncidentEvent(
+                        incident_id=row.incident_id,
+                        at=now,
+                        kind=kind,
+                        actor="fsincident",
+                        note=str(error) if error else None,
+                        data={
+                            "target": row.target,
+                            "destination": dest,
+                            "notification": row.kind,
+                            "attempt": row.attempts,
+                            "outbox_id": row.id,
+                        },
+                    )
+                )
+        self.metrics.deliveries.labels(row.target, result).inc()
+        logf = log.info if error is None else log.warning
+        logf(
+            "delivery_" + result,
+            incident_id=row.incident_id,
+            target=row.target,
+            channel=dest,
+            attempt=row.attempts,
+            notification=row.kind,
+            error=str(error) if error else None,
+        )
+
+    async def update_depth(self) -> None:
+        self._last_depth = time.monotonic()
+        async with self.store.session() as s:
+            rows = (
+                await s.exec(
+                    select(Outbox.state, sa.func.count()).where(col(Outbox.state).in_(ACTIVE)).group_by(Outbox.state)
+                )
+            ).all()
+        counts = {"pending": 0, "sending": 0}
+        counts.update({st: n for st, n in rows})
+        for st, n in counts.items():
+            self.metrics.outbox_depth.labels(st).set(n)
+
+    async def next_due(self) -> datetime | None:
+        """When the earliest pending row becomes due (the engine sleeps until then)."""
+        async with self.store.session() as s:
+            v = (await s.exec(select(sa.func.min(Outbox.next_attempt_at)).where(col(Outbox.state) == "pending"))).one()
+        return ensure_utc(v)

@@ -1,0 +1,152 @@
+"""structlog JSON logging with secret redaction, and the daemon's own prometheus-client metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REDACTED = "***"
+
+
+class Redactor:
+    """Replaces every registered secret in log events with ``***``; thread-safe to update."""
+
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def set(self, secrets: Iterable[str]) -> None:
+        cleaned = {s for s in secrets if s and len(s) >= 4}
+        with self._lock:
+            self._secrets = tuple(sorted(cleaned, key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, REDACTED)
+        return text
+
+    def _value(self, v: Any) -> Any:
+        if isinstance(v, str):
+            return self.scrub(v)
+        if isinstance(v, dict):
+            return {k: self._value(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return type(v)(self._value(x) for x in v)
+        return v
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if not self._secrets:
+            return event
+        return {k: self._value(v) for k, v in event.items()}
+
+
+class _FinalScrub(logging.Formatter):
+    """Wraps the JSON formatter and scrubs the final line (catches secrets inside rendered tracebacks)."""
+
+    def __init__(self, inner: logging.Formatter, redactor: Redactor):
+        super().__init__()
+        self.inner = inner
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.scrub(self.inner.format(record))
+
+
+def configure_logging(level: str = "info", redactor: Redactor | None = None, stream: Any = None) -> None:
+    """One JSON line per event on stderr (stdlib records included), ISO UTC timestamps, secrets redacted."""
+    redactor = redactor or Redactor()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
+            redactor,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_FinalScrub(formatter, redactor))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "apscheduler", "alembic", "sqlalchemy", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
+
+
+class Metrics:
+    """The daemon's own metrics, in a registry of its own (no process-global state)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.rule_evaluations = Counter(
+            "fsincident_rule_evaluations_total", "Rule evaluations (one per rule and cycle).", ["group"], registry=r
+        )
+        self.rule_errors = Counter(
+            "fsincident_rule_errors_total", "Rule evaluations or renders that failed.", ["group", "rule"], registry=r
+        )
+        self.rule_eval_seconds = Histogram(
+            "fsincident_rule_group_duration_seconds",
+            "Time to evaluate one rule group.",
+            ["group"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+        )
+        self.series_evaluations = Counter(
+            "fsincident_rule_series_evaluations_total", "Series evaluated across all rules.", registry=r
+        )
+        self.alerts = Gauge("fsincident_rule_alerts", "Series per alert state.", ["state"], registry=r)
+        self.source_collections = Counter(
+            "fsincident_source_collections_total", "Source collections by result.", ["source", "result"], registry=r
+        )
+        self.source_samples = Gauge(
+            "fsincident_source_samples", "Samples in the last successful collection.", ["source"], registry=r
+        )
+        self.source_up = Gauge("fsincident_source_up", "1 when the last collection succeeded.", ["source"], registry=r)
+        self.outbox_depth = Gauge("fsincident_notify_outbox_depth", "Outbox rows by state.", ["state"], registry=r)
+        self.deliveries = Counter(
+            "fsincident_notify_deliveries_total", "Delivery attempts by result.", ["channel", "result"], registry=r
+        )
+        self.delivery_seconds = Histogram(
+            "fsincident_notify_delivery_duration_seconds", "Time of one delivery attempt.", ["channel"], registry=r
+        )
+        self.incidents_open = Gauge(
+            "fsincident_incidents_open", "Incidents not resolved, by state.", ["state"], registry=r
+        )
+        self.incident_events = Counter(
+            "fsincident_incidents_events_total", "Incident timeline events by kind.", ["kind"], registry=r
+        )
+        self.reload_ok = Gauge(
+            "fsincident_config_last_reload_successful", "1 when the last config (re)load succeeded.", registry=r
+        )
+        self.reload_time = Gauge(
+            "fsincident_config_last_reload_success_timestamp_seconds", "Time of the last good (re)load.", registry=r
+        )
+        self.http_requests = Counter(
+            "fsincident_api_requests_total", "HTTP API requests by route and status.", ["route", "status"], registry=r
+        )

@@ -1,0 +1,153 @@
+"""Source and Notifier protocols, their Options bases, and the entry-point registry for both.
+
+Built-in kinds are registered in pyproject.toml under the same entry-point groups a third-party
+package uses (``fsincident.sources`` / ``fsincident.notifiers``); the YAML ``type:`` is the key.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from fsincident.core import FsIncidentError, Sample, parse_duration
+
+
+def _duration(v: Any) -> Any:
+    if isinstance(v, timedelta):
+        return v
+    return parse_duration(v)
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+"""A duration written ``30s``, ``5m``, ``1h30m``, ``1d`` in YAML."""
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)]
+
+
+class Options(BaseModel):
+    """Base of every kind's options: strict (unknown keys are errors), frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceOptions(Options):
+    """Keys every source has; a kind subclasses this with its own keys."""
+
+    name: Name
+    type: str
+    interval: Duration = timedelta(seconds=15)
+    timeout: Duration = timedelta(seconds=10)
+
+
+class ChannelOptions(Options):
+    """Keys every notification channel has; a kind subclasses this with its own keys."""
+
+    name: Name
+    type: str = "apprise"
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A source of samples; ``collect`` raises SourceError when it cannot read its peer."""
+
+    Options: ClassVar[type[SourceOptions]]
+    options: SourceOptions
+
+    async def collect(self, now: datetime) -> list[Sample]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Snapshot:
+    """A source's latest collection: samples by metric name and label set, or the error that stopped it."""
+
+    source: str
+    at: datetime | None = None
+    metrics: dict[str, dict[Any, float]] = field(default_factory=dict)
+    error: str | None = None
+    last_success: datetime | None = None
+    failures: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.at is not None
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a notifier sends: already rendered, free of secrets."""
+
+    title: str
+    body: str
+    kind: str  # trigger | acknowledge | resolve | info
+    severity: str = "warning"
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """A channel kind; each destination is one independently retried delivery."""
+
+    Options: ClassVar[type[ChannelOptions]]
+    options: ChannelOptions
+
+    def destinations(self) -> list[str]:
+        """Redacted descriptions of each destination, safe to log and show."""
+        ...
+
+    async def send(self, index: int, message: Message, timeout: float) -> None:
+        """Deliver to destination ``index``; raises NotifyError(permanent=...) on failure."""
+        ...
+
+    def secrets(self) -> list[str]:
+        """Strings that must never appear in logs or API output."""
+        ...
+
+
+class PluginError(FsIncidentError):
+    """An unknown kind, or one whose module failed to load."""
+
+
+class Registry:
+    """Kinds of one entry-point group, loaded lazily; ``register`` adds kinds in-process."""
+
+    def __init__(self, group: str):
+        self.group = group
+        self._extra: dict[str, type] = {}
+        self._loaded: dict[str, type] = {}
+
+    def _entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
+        return {ep.name: ep for ep in importlib.metadata.entry_points(group=self.group)}
+
+    def kinds(self) -> list[str]:
+        return sorted(set(self._entry_points()) | set(self._extra))
+
+    def register(self, name: str, cls: type) -> None:
+        self._extra[name] = cls
+
+    def get(self, name: str) -> type:
+        """The class for kind ``name``; raises PluginError naming the kinds there are."""
+        if name in self._extra:
+            return self._extra[name]
+        if name in self._loaded:
+            return self._loaded[name]
+        eps = self._entry_points()
+        ep = eps.get(name)
+        if ep is None:
+            raise PluginError(f"unknown type {name!r} (available: {', '.join(self.kinds()) or 'none'})")
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken plugin stops start-up with its reason
+            raise PluginError(f"type {name!r} failed to load from {ep.value}: {type(e).__name__}: {e}") from e
+        if not isinstance(getattr(cls, "Options", None), type) or not issubclass(cls.Options, Options):
+            raise PluginError(f"type {name!r} ({ep.value}) has no Options model")
+        self._loaded[name] = cls
+        return cls
+
+
+sources = Registry("fsincident.sources")
+notifiers = Registry("fsincident.notifiers")

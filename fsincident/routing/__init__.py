@@ -1,0 +1,1 @@
+"""Routing: which targets and grouping an alert's labels select (pure)."""

@@ -1,0 +1,1 @@
+"""Source kinds, one module each, registered through the ``fsincident.sources`` entry points."""

@@ -1,0 +1,149 @@
+"""The SQL store: async engine (aiosqlite or asyncpg), sessions, migrations and shared queries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from fsincident.core import FsIncidentError, ensure_utc
+from fsincident.store import tables
+from fsincident.store.tables import ApiToken
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SCOPES = ("read", "ack", "admin", "ingest")
+
+__all__ = ["SCOPES", "Store", "StoreError", "async_url", "tables"]
+
+
+class StoreError(FsIncidentError):
+    """The database is unreachable or a migration failed."""
+
+
+def async_url(url: str) -> str:
+    """Map ``sqlite:///p`` / ``postgresql://…`` to the async driver URL SQLAlchemy needs."""
+    if url.startswith("sqlite://") and "+" not in url.split("://")[0]:
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = sa.engine.make_url(async_url(url))
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+class Store:
+    """Owns the async engine; ``session()`` yields a session inside one transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30}
+        self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
+        if self.is_sqlite:
+            _sqlite_pragmas(self.engine)
+        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed on exit, rolled back on error."""
+        async with self._sessions() as s, s.begin():
+            yield s
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as c:
+                await c.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def upgrade(self) -> None:
+        """Apply alembic migrations up to head; raises StoreError with the reason."""
+        try:
+            await asyncio.to_thread(run_migrations, self.url, "upgrade", "head")
+        except Exception as e:
+            raise StoreError(f"database migration failed: {type(e).__name__}: {e}") from e
+
+    # ------------------------------------------------------------------ tokens
+
+    async def create_token(self, name: str, scopes: list[str], now: datetime) -> str:
+        """Store a new token's hash and return its secret (shown once); raises StoreError for a duplicate name."""
+        secret = "fsi_" + secrets.token_urlsafe(32)
+        async with self.session() as s:
+            existing = (await s.exec(select(ApiToken).where(ApiToken.name == name))).first()
+            if existing is not None:
+                raise StoreError(f"a token named {name!r} exists already")
+            s.add(ApiToken(name=name, secret_hash=hash_secret(secret), scopes=",".join(scopes), created_at=now))
+        return secret
+
+    async def find_token(self, secret: str) -> ApiToken | None:
+        async with self.session() as s:
+            tok = (await s.exec(select(ApiToken).where(ApiToken.secret_hash == hash_secret(secret)))).first()
+        if tok is None or tok.revoked_at is not None:
+            return None
+        return tok
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Transactions are begun explicitly below, as BEGIN IMMEDIATE: a writer takes the lock up front
+        # instead of failing with SQLITE_BUSY when it upgrades a read lock.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def run_migrations(url: str, command_name: str, revision: str = "head", **kw: Any) -> Any:
+    """Run an alembic command (upgrade, downgrade, check, revision) against ``url`` (blocking)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["database_url"] = async_url(url)
+    fn = getattr(command, command_name)
+    if command_name in ("upgrade", "downgrade"):
+        return fn(cfg, revision)
+    return fn(cfg, **kw)
+
+
+def utc(dt: datetime | None) -> datetime | None:
+    return ensure_utc(dt)

@@ -1,0 +1,147 @@
+"""SQLModel tables: the durable hand-offs between stages, and the alembic target metadata."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING
+metadata = SQLModel.metadata
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=nullable, index=index)
+
+
+def _json(default: Any = dict) -> Any:
+    return Field(default_factory=default, sa_type=sa.JSON, nullable=False)
+
+
+class Incident(SQLModel, table=True):
+    """One alert group's incident; ``open_key`` is the group key while open (unique), NULL once resolved."""
+
+    __tablename__ = "incident"
+    id: int | None = Field(default=None, primary_key=True)
+    group_key: str = Field(max_length=64, index=True)
+    open_key: str | None = Field(default=None, max_length=64, unique=True)
+    title: str = Field(max_length=500)
+    state: str = Field(max_length=20, index=True)
+    severity: str = Field(max_length=20)
+    labels: dict[str, str] = _json()
+    route: int = Field(default=-1)
+    targets: list[str] = _json(list)
+    auto_resolve: bool = True
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    acknowledged_at: datetime | None = _ts()
+    acknowledged_by: str | None = Field(default=None, max_length=200)
+    resolved_at: datetime | None = _ts()
+    resolved_by: str | None = Field(default=None, max_length=200)
+
+
+class Alert(SQLModel, table=True):
+    """One series of an incident (a rule series or an ingested alert)."""
+
+    __tablename__ = "alert"
+    __table_args__ = (sa.UniqueConstraint("incident_id", "fingerprint", name="uq_alert_incident_fingerprint"),)
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True, ondelete="CASCADE")
+    fingerprint: str = Field(max_length=32, index=True)
+    alertname: str = Field(max_length=200)
+    origin: str = Field(max_length=300)
+    labels: dict[str, str] = _json()
+    annotations: dict[str, str] = _json()
+    value: float | None = None
+    state: str = Field(max_length=20)
+    starts_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    ends_at: datetime | None = _ts()
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class IncidentEvent(SQLModel, table=True):
+    """A line of an incident's timeline."""
+
+    __tablename__ = "incident_event"
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True, ondelete="CASCADE")
+    at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    kind: str = Field(max_length=40)
+    actor: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=4000)
+    data: dict[str, Any] = _json()
+
+
+class AlertTransition(SQLModel, table=True):
+    """Evaluation's output: a series started or stopped firing; the incidents stage claims these in id order."""
+
+    __tablename__ = "alert_transition"
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(max_length=32)
+    alertname: str = Field(max_length=200)
+    origin: str = Field(max_length=300)
+    labels: dict[str, str] = _json()
+    annotations: dict[str, str] = _json()
+    value: float | None = None
+    state: str = Field(max_length=20)
+    at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    processed_at: datetime | None = _ts(index=True)
+
+
+class RuleSeriesState(SQLModel, table=True):
+    """Evaluation's own memory of pending and firing series, so a restart neither re-pages nor forgets."""
+
+    __tablename__ = "rule_series_state"
+    rule: str = Field(primary_key=True, max_length=300)
+    fingerprint: str = Field(primary_key=True, max_length=32)
+    state: str = Field(max_length=20)
+    labels: dict[str, str] = _json()
+    annotations: dict[str, str] = _json()
+    value: float | None = None
+    active_since: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    fired_at: datetime | None = _ts()
+    last_active: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class Outbox(SQLModel, table=True):
+    """A notification to deliver: pending -> sending (leased) -> sent | failed."""
+
+    __tablename__ = "outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int | None = Field(default=None, foreign_key="incident.id", index=True, ondelete="CASCADE")
+    event_id: int | None = Field(default=None, foreign_key="incident_event.id", ondelete="SET NULL")
+    target: str = Field(max_length=300)
+    dest_index: int = 0
+    kind: str = Field(max_length=40)
+    severity: str = Field(default="warning", max_length=20)
+    title: str = Field(max_length=1000)
+    body: str
+    state: str = Field(max_length=20, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    lease_until: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    sent_at: datetime | None = _ts()
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token: only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    secret_hash: str = Field(max_length=64, unique=True)
+    scopes: str = Field(max_length=200)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    last_used_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()
