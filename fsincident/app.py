@@ -135,6 +135,7 @@ class Daemon:
         self.renderer = Renderer(config.templates, config.external_url)
         self.routes = routes_of(config)
         self.evaluator.set_groups(config.groups)
+        await self.evaluator.resolve_removed()
         keep = set()
         for s in config.sources:
             job = f"source:{s.name}"

@@ -108,6 +108,22 @@ class Evaluator:
             if key not in keys:
                 del self.status[key]
 
+    async def resolve_removed(self) -> None:
+        """Resolve the firing alerts of rules that a reload removed, and forget their state."""
+        async with self._lock:
+            if not self._pending_removal:
+                return
+            now = self.clock.now()
+            transitions, deletes = [], []
+            for key, tracked in self._pending_removal:
+                if tracked.state.state == AlertState.FIRING:
+                    transitions.append(self._transition(key, tracked, "resolved", now))
+                deletes.append((key, tracked.labels.fingerprint))
+            await self._persist(transitions, [], deletes)
+            self._pending_removal = []
+        if transitions:
+            self.kick()
+
     # ---------------------------------------------------------------- evaluation
 
     async def evaluate_group(self, name: str) -> None:
@@ -121,11 +137,6 @@ class Evaluator:
             transitions: list[AlertTransition] = []
             upserts: list[tuple[str, str, Tracked]] = []
             deletes: list[tuple[str, str]] = []
-            for key, tracked in self._pending_removal:
-                if tracked.state.state == AlertState.FIRING:
-                    transitions.append(self._transition(key, tracked, "resolved", now))
-                deletes.append((key, tracked.labels.fingerprint))
-            self._pending_removal = []
             for rule in group.rules:
                 self._evaluate_rule(rule, now, transitions, upserts, deletes)
                 await asyncio.sleep(0)  # let the API breathe between rules
