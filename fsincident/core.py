@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -236,9 +237,11 @@ def parse_duration(text: str | int | float) -> timedelta:
     if isinstance(text, bool):
         raise ValueError(f"invalid duration {text!r}")
     if isinstance(text, int | float):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ValueError(f"invalid duration {text!r}")
         if text < 0:
             raise ValueError(f"invalid duration {text!r}: must not be negative")
-        return timedelta(seconds=text)
+        return _bounded(text, text)
     s = str(text).strip()
     if s == "0":
         return timedelta(0)
@@ -251,7 +254,14 @@ def parse_duration(text: str | int | float) -> timedelta:
         pos = m.end()
     if pos != len(s) or not s:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 5m, 1h30m, 1d)")
-    return timedelta(seconds=total)
+    return _bounded(total, text)
+
+
+def _bounded(seconds: float, text: object) -> timedelta:
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: too large") from None
 
 
 def format_duration(td: timedelta) -> str:

@@ -16,6 +16,8 @@ log = get_logger("fsincident.engine")
 
 
 class Module(Protocol):
+    """An engine module; it may also define ``async sleep_hint(now) -> seconds | None`` to wake earlier."""
+
     name: str
 
     async def tick(self, now: datetime) -> bool: ...
@@ -70,16 +72,29 @@ class Engine:
             if did:
                 await asyncio.sleep(0)
                 continue
+            wait = idle
+            hint = getattr(module, "sleep_hint", None)
+            if hint is not None:
+                try:
+                    due = await hint(self.clock.now())
+                except Exception:
+                    log.exception("module_sleep_hint_failed", module=name)
+                    due = None
+                if due is not None:
+                    wait = min(idle, max(0.01, due))
             try:
-                await asyncio.wait_for(ev.wait(), timeout=idle)
+                await asyncio.wait_for(ev.wait(), timeout=wait)
             except TimeoutError:
                 pass
 
-    def every(self, job_id: str, interval: timedelta, fn: Callable[[], Awaitable[None]], *, first: bool = True) -> None:
-        """Run ``fn`` every ``interval`` (replacing a job with the same id); first run at once by default."""
+    def every(
+        self, job_id: str, interval: timedelta, fn: Callable[[], Awaitable[None]], *, delay: timedelta = timedelta(0)
+    ) -> None:
+        """Run ``fn`` every ``interval`` (replacing a job with the same id), the first time after ``delay``."""
+        existing = self.scheduler.get_job(job_id)
         kwargs = {}
-        if first:
-            kwargs["next_run_time"] = self.clock.now()
+        if existing is None or existing.trigger.interval != interval:
+            kwargs["next_run_time"] = self.clock.now() + delay
         self.scheduler.add_job(
             fn,
             "interval",

@@ -21,8 +21,26 @@ class ExprError(FsIncidentError):
         self.column = column
 
 
+MAX_ROUND_DIGITS = 1000
+
+
 def _safe_round(x: float, ndigits: int = 0) -> float:
-    return round(x, int(ndigits))
+    n = int(ndigits)
+    if abs(n) > MAX_ROUND_DIGITS:  # round(1, -10**9) computes 10**(10**9) and hangs
+        raise ValueError(f"round: ndigits must be within ±{MAX_ROUND_DIGITS}")
+    return round(x, n)
+
+
+def _safe_mult(a: Any, b: Any) -> Any:
+    if hasattr(a, "__len__") and hasattr(b, "__len__"):  # simpleeval's length check computes b * len(a) first
+        raise TypeError(f"can't multiply {type(a).__name__} by {type(b).__name__}")
+    return simpleeval.safe_mult(a, b)
+
+
+def _safe_mod(a: Any, b: Any) -> Any:
+    if isinstance(a, str):  # "%0999999999d" % 1 would build a gigabyte string
+        raise TypeError("'%' string formatting is not allowed")
+    return a % b
 
 
 FUNCTIONS: dict[str, Any] = {
@@ -42,10 +60,10 @@ RESERVED = frozenset({"value", "labels", "True", "False", "None", "nan", "inf"})
 _OPERATORS = {
     ast.Add: simpleeval.safe_add,
     ast.Sub: lambda a, b: a - b,
-    ast.Mult: simpleeval.safe_mult,
+    ast.Mult: _safe_mult,
     ast.Div: lambda a, b: a / b,
     ast.FloorDiv: lambda a, b: a // b,
-    ast.Mod: lambda a, b: a % b,
+    ast.Mod: _safe_mod,
     ast.Eq: lambda a, b: a == b,
     ast.NotEq: lambda a, b: a != b,
     ast.Gt: lambda a, b: a > b,
@@ -73,8 +91,6 @@ _ALLOWED_NODES = (
     ast.Attribute,
     ast.Call,
     ast.IfExp,
-    ast.Tuple,
-    ast.List,
     *(op for op in _OPERATORS),
 )
 
@@ -88,10 +104,14 @@ _FORBIDDEN_HINTS = {
     ast.ListComp: "comprehensions are not allowed",
     ast.GeneratorExp: "comprehensions are not allowed",
     ast.Dict: "dict literals are not allowed",
+    ast.Tuple: "tuples are not allowed",
+    ast.List: "list literals are not allowed",
 }
 
 MAX_CONSTANT = 10**15
 MAX_LENGTH = 4096
+CONSTANTS = {"nan": math.nan, "inf": math.inf}
+MAX_DEPTH = 100
 
 
 class LabelView:
@@ -132,7 +152,7 @@ class CompiledExpr:
             raise
         except simpleeval.NameNotDefined as e:
             raise ExprError(f"unknown name {e.name!r}") from None
-        except (simpleeval.InvalidExpression, ArithmeticError, TypeError, ValueError, KeyError) as e:
+        except (simpleeval.InvalidExpression, ArithmeticError, TypeError, ValueError, KeyError, RecursionError) as e:
             raise ExprError(f"{type(e).__name__}: {e}") from None
 
     def value(self, names: dict[str, Any]) -> float | None:
@@ -152,9 +172,23 @@ class CompiledExpr:
             return None
 
 
+def _check_depth(tree: ast.AST) -> None:
+    # Evaluation and the checks below recurse once per level: refuse what would exhaust the stack.
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ExprError(
+                f"expression is nested more than {MAX_DEPTH} levels deep", column=getattr(node, "col_offset", None)
+            )
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
 def _check(tree: ast.AST) -> list[str]:
     metrics: list[str] = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp | ast.UnaryOp | ast.BoolOp) and type(node.op) in _FORBIDDEN_HINTS:
+            raise ExprError(_FORBIDDEN_HINTS[type(node.op)], column=node.col_offset)  # the operator has no position
         hint = _FORBIDDEN_HINTS.get(type(node))
         if hint:
             raise ExprError(hint, column=getattr(node, "col_offset", None))
@@ -184,18 +218,21 @@ def _check(tree: ast.AST) -> list[str]:
                     raise ExprError("string constant is too long", column=node.col_offset)
             elif node.value is not None and not isinstance(node.value, bool):
                 raise ExprError(f"constant {node.value!r} is not allowed", column=node.col_offset)
-    # Metric names in source order (ast.walk is breadth-first, so walk again in order).
-    for node in _in_order(tree):
-        if isinstance(node, ast.Name) and node.id not in RESERVED and node.id not in FUNCTIONS:
-            if node.id not in metrics:
-                metrics.append(node.id)
+    # Metric names in source order (ast.walk is breadth-first, and `b if a else c` stores `a` first).
+    names = [n for n in ast.walk(tree) if isinstance(n, ast.Name)]
+    for node in sorted(names, key=lambda n: (n.lineno, n.col_offset)):
+        if node.id not in RESERVED and node.id not in FUNCTIONS and node.id not in metrics:
+            metrics.append(node.id)
     return metrics
 
 
-def _in_order(node: ast.AST):
-    yield node
-    for child in ast.iter_child_nodes(node):
-        yield from _in_order(child)
+class _Constants(ast.NodeTransformer):
+    """Replaces the reserved names ``nan`` and ``inf`` by their values (they are never passed as names)."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in CONSTANTS:
+            return ast.copy_location(ast.Constant(CONSTANTS[node.id]), node)
+        return node
 
 
 def compile_expr(text: str, *, require_metric: bool = True) -> CompiledExpr:
@@ -208,14 +245,18 @@ def compile_expr(text: str, *, require_metric: bool = True) -> CompiledExpr:
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as e:
-        raise ExprError(f"syntax error: {e.msg}", column=(e.offset or 1) - 1) from None
+        # In eval mode CPython reports an error at the end of the input as offset 0: point past the end.
+        raise ExprError(f"syntax error: {e.msg}", column=e.offset - 1 if e.offset else len(src)) from None
+    except (RecursionError, MemoryError):
+        raise ExprError(f"expression is nested more than {MAX_DEPTH} levels deep") from None
+    _check_depth(tree)
     metrics = _check(tree)
     if require_metric and not metrics and not any(isinstance(n, ast.Name) and n.id == "value" for n in ast.walk(tree)):
         raise ExprError("expression reads no metric")
     ev = simpleeval.SimpleEval(operators=dict(_OPERATORS), functions=dict(FUNCTIONS), names={})
-    node = ev.parse(src)
+    node = _Constants().visit(ev.parse(src))
     value_node = None
-    body = tree.body
+    body = _Constants().visit(tree).body
     if isinstance(body, ast.Compare) and len(body.ops) == 1:
         value_node = ast.Expr(value=body.left)
     return CompiledExpr(text=src, metrics=tuple(metrics), _node=node, _value_node=value_node, _evaluator=ev)

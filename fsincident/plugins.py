@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from fsincident.core import FsIncidentError, Sample, parse_duration
+from fsincident.core import FsIncidentError, Sample, parse_duration, valid_label_name
 
 
 def _duration(v: Any) -> Any:
@@ -24,6 +24,30 @@ def _duration(v: Any) -> Any:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 """A duration written ``30s``, ``5m``, ``1h30m``, ``1d`` in YAML."""
+
+
+def _label_name(k: str) -> str:
+    if not valid_label_name(k):
+        raise ValueError(f"invalid label name {k!r}")
+    return k
+
+
+def _stringify(v: Any) -> Any:
+    # Scalars become label values (true -> "true", null -> ""); a list or mapping stays and fails as "not a string".
+    if isinstance(v, dict):
+        return {
+            k: ("" if x is None else str(x).lower() if isinstance(x, bool) else str(x) if _scalar(x) else x)
+            for k, x in v.items()
+        }
+    return v
+
+
+def _scalar(x: Any) -> bool:
+    return not isinstance(x, dict | list | tuple | set)
+
+
+LabelMap = Annotated[dict[Annotated[str, AfterValidator(_label_name)], str], BeforeValidator(_stringify)]
+"""Labels written in YAML: valid label names, scalar values as strings."""
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
@@ -36,10 +37,60 @@ class _CappedEnvironment(ImmutableSandboxedEnvironment):
             return operator.pow(left, right)
         if operator_ == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int):
-                    if len(seq) * max(n, 0) > MAX_REPEAT_LEN:
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and n > 0:
+                    # Count nested items too: ["a" * 100000] * 100000 renders ten gigabytes.
+                    if _size(seq, MAX_REPEAT_LEN // n + 1) * n > MAX_REPEAT_LEN:
                         raise SecurityError(f"repeating would exceed {MAX_REPEAT_LEN} items")
+        if operator_ == "%" and isinstance(left, str):
+            _check_widths(left)
         return super().call_binop(context, operator_, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
+            _check_widths(owner)
+        return super().wrap_str_format(value)
+
+
+MAX_WIDTH = 10_000
+_WIDE_SPEC = re.compile(r"(%[-#0 +]*\d{5,})|(%[-#0 +]*\d*\.\d{5,})|(\{[^}]*:[^}]*\d{5,}[^}]*\})")
+
+
+def _check_widths(fmt: str) -> None:
+    """Refuse printf/format specs with widths or precisions of 10,000 and more (they build huge strings)."""
+    if _WIDE_SPEC.search(fmt):
+        raise SecurityError(f"format widths are limited to {MAX_WIDTH - 1}")
+
+
+def _capped_filter(fn: Any, *positions: int) -> Any:
+    """Wrap a width-taking filter so that numeric arguments above MAX_WIDTH are refused."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        for v in list(args[1:]) + list(kwargs.values()):
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_WIDTH:
+                raise SecurityError(f"widths are limited to {MAX_WIDTH}")
+        if fn.__name__ in ("do_format",) and args and isinstance(args[0], str):
+            _check_widths(args[0])
+        return fn(*args, **kwargs)
+
+    wrapped.__name__ = getattr(fn, "__name__", "filter")
+    for attr in ("jinja_pass_arg",):
+        if hasattr(fn, attr):
+            setattr(wrapped, attr, getattr(fn, attr))
+    return wrapped
+
+
+def _size(obj: Any, limit: int) -> int:
+    """Items and characters in ``obj``, nested sequences included; stops counting once past ``limit``."""
+    total, stack = 0, [obj]
+    while stack and total <= limit:
+        x = stack.pop()
+        if isinstance(x, str):
+            total += len(x)
+        elif isinstance(x, list | tuple):
+            total += len(x)
+            stack.extend(c for c in x[: limit + 1] if isinstance(c, str | list | tuple))
+    return total
 
 
 def _round(value: Any, precision: int = 0) -> Any:
@@ -58,6 +109,9 @@ def make_environment() -> ImmutableSandboxedEnvironment:
     # at compile time, where an unbounded '**' would hang inside from_string().
     env.intercepted_binops = frozenset({"*", "**", "+", "//", "%", "/", "-"})
     env.filters["round"] = _round
+    for name in ("center", "indent", "format", "wordwrap", "truncate", "filesizeformat"):
+        if name in env.filters:
+            env.filters[name] = _capped_filter(env.filters[name])
     return env
 
 
@@ -76,6 +130,8 @@ class CompiledTemplate:
             raise TemplateProblem(f"template error: {e}", line=getattr(e, "lineno", None)) from None
         except SecurityError as e:
             raise TemplateProblem(f"template refused: {e}") from None
+        except RecursionError:
+            raise TemplateProblem("template is nested too deeply") from None
 
     def render(self, **context: Any) -> str:
         try:
@@ -84,7 +140,7 @@ class CompiledTemplate:
             raise TemplateProblem(f"template refused: {e}") from None
         except TemplateError as e:
             raise TemplateProblem(f"template error: {e}", line=getattr(e, "lineno", None)) from None
-        except (ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as e:
+        except (ArithmeticError, TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
             raise TemplateProblem(f"template error: {type(e).__name__}: {e}") from None
         if len(out) > MAX_OUTPUT:
             out = out[:MAX_OUTPUT] + "…"

@@ -156,7 +156,9 @@ def write_config(directory: Path, main: str, rules: dict[str, str] | None = None
     return directory
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*FSINCIDENT, *args],
         capture_output=True,
@@ -183,7 +185,7 @@ class DaemonProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> DaemonProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*FSINCIDENT, "run", "--config", str(self.config_dir)],
             stdout=self._log,
@@ -233,7 +235,9 @@ class DaemonProcess:
 
     def create_token(self, scopes: str = "admin", name: str | None = None) -> str:
         name = name or f"t-{scopes.replace(',', '-')}-{time.monotonic_ns()}"
-        res = run_cli("token", "create", "--name", name, "--scopes", scopes, "--config", str(self.config_dir), cwd=self.config_dir)
+        res = run_cli(
+            "token", "create", "--name", name, "--scopes", scopes, "--config", str(self.config_dir), cwd=self.config_dir
+        )
         assert res.returncode == 0, res.stderr
         return res.stdout.strip()
 

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from fsincident import plugins
 from fsincident.appriseurl import check_apprise_url
 from fsincident.config.model import (
+    TARGET_KINDS,
     DaemonOptions,
     DeliveryOptions,
+    GroupOptions,
     RouteOptions,
     RuleFileOptions,
     RuleOptions,
@@ -122,6 +124,7 @@ def _kind_options(
     items: list[dict[str, Any]],
     problems: list[Problem],
     default_type: str | None = None,
+    names: set[str] | None = None,
 ) -> list[Any]:
     out = []
     seen: dict[str, int] = {}
@@ -130,6 +133,8 @@ def _kind_options(
         if not isinstance(item, dict):
             problems.append(doc.problem(path, "must be a mapping"))
             continue
+        if names is not None and isinstance(item.get("name"), str):
+            names.add(item["name"])
         kind = item.get("type", default_type)
         if kind is None:
             problems.append(doc.problem(path, "required key 'type' is missing"))
@@ -146,6 +151,9 @@ def _kind_options(
         except ValidationError as e:
             problems.extend(pydantic_problems(doc, path, e))
             continue
+        interval = getattr(opts, "interval", None)
+        if isinstance(interval, timedelta) and interval <= timedelta(0):
+            problems.append(doc.problem((*path, "interval"), "interval must be positive"))
         extra = getattr(cls, "validate_options", None)
         if extra is not None:
             for key, msg in extra(opts):
@@ -158,10 +166,12 @@ def _kind_options(
 
 
 def _check_targets(
-    doc: Document, path: tuple, targets: list[str], channels: set[str], users: set[str], problems: list[Problem]
+    doc: Document, path: tuple, targets: list[Any], channels: set[str], users: set[str], problems: list[Problem]
 ) -> None:
     for j, t in enumerate(targets):
-        kind, _, name = t.partition(":")
+        kind, _, name = t.partition(":") if isinstance(t, str) else ("", "", "")
+        if kind not in TARGET_KINDS or not name:
+            continue  # not a target at all: the model reports it
         known = {"channel": channels, "user": users}.get(kind)
         if known is None:
             problems.append(doc.problem((*path, j), f"{kind} targets are not supported yet"))
@@ -169,38 +179,84 @@ def _check_targets(
             problems.append(doc.problem((*path, j), f"unknown {kind} {name!r}"))
 
 
+def _split(data: Any, key: str) -> tuple[Any, list[Any] | None]:
+    """``data`` without its list under ``key`` (validated item by item instead), and that list."""
+    if isinstance(data, dict) and isinstance(data.get(key), list):
+        return {k: v for k, v in data.items() if k != key}, data[key]
+    return data, None
+
+
 def _load_rules(
-    doc: Document, sources: dict[str, plugins.SourceOptions], problems: list[Problem], seen_groups: dict[str, str]
+    doc: Document,
+    sources: dict[str, plugins.SourceOptions | None],
+    problems: list[Problem],
+    seen_groups: dict[str, str],
 ) -> list[RuleGroup]:
+    # File, groups and rules are validated separately, so that one bad rule hides no other problem.
+    head, groups_raw = _split(doc.data if doc.data is not None else {}, "groups")
     try:
-        model = RuleFileOptions.model_validate(doc.data if doc.data is not None else {})
+        RuleFileOptions.model_validate(head)
     except ValidationError as e:
         problems.extend(pydantic_problems(doc, (), e))
-        return []
     groups = []
-    for gi, g in enumerate(model.groups):
+    for gi, graw in enumerate(groups_raw or []):
         gpath = ("groups", gi)
-        if g.name in seen_groups:
-            problems.append(
-                doc.problem((*gpath, "name"), f"duplicate group name {g.name!r} (also in {seen_groups[g.name]})")
-            )
-        seen_groups[g.name] = doc.file
-        if g.interval is not None and g.interval <= timedelta(0):
-            problems.append(doc.problem((*gpath, "interval"), "interval must be positive"))
-        if g.source is not None and g.source not in sources:
-            problems.append(doc.problem((*gpath, "source"), f"unknown source {g.source!r}"))
+        ghead, rules_raw = _split(graw, "rules")
+        g = None
+        try:
+            g = GroupOptions.model_validate(ghead)
+        except ValidationError as e:
+            problems.extend(pydantic_problems(doc, gpath, e))
+        if g is not None:
+            group_name, group_source = g.name, g.source
+            if g.name in seen_groups:
+                problems.append(
+                    doc.problem((*gpath, "name"), f"duplicate group name {g.name!r} (also in {seen_groups[g.name]})")
+                )
+            seen_groups[g.name] = doc.file
+            if g.interval is not None and g.interval <= timedelta(0):
+                problems.append(doc.problem((*gpath, "interval"), "interval must be positive"))
+            if g.source is not None and g.source not in sources:
+                problems.append(doc.problem((*gpath, "source"), f"unknown source {g.source!r}"))
+        elif isinstance(graw, dict):
+            # Still check the rules; a broken group source is reported above, not as each rule's "no source".
+            group_name = str(graw.get("name", "?"))
+            group_source = None if graw.get("source") is None else str(graw["source"])
+        else:
+            continue
         rules = []
         alerts: set[str] = set()
-        for ri, r in enumerate(g.rules):
+        for ri, rraw in enumerate(rules_raw or []):
             rpath = (*gpath, "rules", ri)
-            rule = _compile_rule(doc, rpath, g.name, g.source, r, sources, problems)
+            try:
+                r = RuleOptions.model_validate(rraw)
+            except ValidationError as e:
+                problems.extend(pydantic_problems(doc, rpath, e))
+                if isinstance(rraw, dict) and isinstance(rraw.get("expr"), str):
+                    _compile_expr(doc, rpath, rraw["expr"], rraw.get("query"), problems)
+                continue
+            rule = _compile_rule(doc, rpath, group_name, group_source, r, sources, problems)
             if r.alert in alerts:
-                problems.append(doc.problem((*rpath, "alert"), f"duplicate alert {r.alert!r} in group {g.name!r}"))
+                problems.append(doc.problem((*rpath, "alert"), f"duplicate alert {r.alert!r} in group {group_name!r}"))
             alerts.add(r.alert)
             if rule is not None:
                 rules.append(rule)
-        groups.append(RuleGroup(g.name, g.interval or DEFAULT_INTERVAL, g.source, tuple(rules), doc.file))
+        if g is not None:
+            groups.append(RuleGroup(g.name, g.interval or DEFAULT_INTERVAL, g.source, tuple(rules), doc.file))
     return groups
+
+
+def _compile_expr(doc: Document, rpath: tuple, expr: str, query: Any, problems: list[Problem]) -> CompiledExpr | None:
+    try:
+        compiled = compile_expr(expr, require_metric=query is None)
+    except ExprError as e:
+        col = f" (column {e.column + 1})" if e.column is not None else ""
+        problems.append(doc.problem((*rpath, "expr"), f"{e}{col}"))
+        return None
+    if query is not None and compiled.metrics:
+        problems.append(doc.problem((*rpath, "expr"), "a query rule's expr may only use value and labels"))
+        return None
+    return compiled
 
 
 def _compile_rule(
@@ -209,7 +265,7 @@ def _compile_rule(
     group: str,
     group_source: str | None,
     r: RuleOptions,
-    sources: dict[str, plugins.SourceOptions],
+    sources: dict[str, plugins.SourceOptions | None],
     problems: list[Problem],
 ) -> Rule | None:
     ok = True
@@ -220,22 +276,15 @@ def _compile_rule(
     elif r.source is not None and r.source not in sources:
         problems.append(doc.problem((*rpath, "source"), f"unknown source {r.source!r}"))
         ok = False
-    elif source in sources and r.query is not None:
-        cls = plugins.sources.get(sources[source].type)
+    elif (opts := sources.get(source)) is not None and r.query is not None:
+        cls = plugins.sources.get(opts.type)
         if not getattr(cls, "supports_query", False):
             problems.append(
-                doc.problem((*rpath, "query"), f"source {source!r} (type {sources[source].type}) does not run queries")
+                doc.problem((*rpath, "query"), f"source {source!r} (type {opts.type}) does not run queries")
             )
             ok = False
-    compiled = None
-    try:
-        compiled = compile_expr(r.expr, require_metric=r.query is None)
-    except ExprError as e:
-        col = f" (column {e.column + 1})" if e.column is not None else ""
-        problems.append(doc.problem((*rpath, "expr"), f"{e}{col}"))
-        ok = False
-    if r.query is not None and compiled is not None and compiled.metrics:
-        problems.append(doc.problem((*rpath, "expr"), "a query rule's expr may only use value and labels"))
+    compiled = _compile_expr(doc, rpath, r.expr, r.query, problems)
+    if compiled is None:
         ok = False
     templates = {}
     for name, text in r.annotations.items():
@@ -268,6 +317,16 @@ def _compile_rule(
     )
 
 
+def _read(path: Path, problems: list[Problem]) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        problems.append(Problem(str(path), None, "", f"not UTF-8 text (byte {e.start})"))
+    except OSError as e:
+        problems.append(Problem(str(path), None, "", f"cannot read: {e.strerror or e}"))
+    return None
+
+
 def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
     """Load and validate ``DIR/fsincident.yaml`` and ``DIR/rules.d/*.yaml``; raises ConfigError with all problems."""
     root = Path(directory)
@@ -277,51 +336,81 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         raise ConfigError([Problem(str(root), None, "", "config directory does not exist")])
     files = []
     if main.exists():
-        text = main.read_text(encoding="utf-8")
-        doc = load_yaml(str(main), text, expand_env=True, environ=environ, problems=problems)
+        text = _read(main, problems)
+        doc = None if text is None else load_yaml(str(main), text, expand_env=True, environ=environ, problems=problems)
         files.append(str(main))
     else:
         doc = Document(str(main), {}, {(): 1})
     options = None
+    users: list[UserOptions] = []
+    routes: list[RouteOptions] = []
+    sources: list[plugins.SourceOptions] = []
+    channels: list[plugins.ChannelOptions] = []
+    source_names: set[str] = set()
     if doc is not None:
         if not isinstance(doc.data, dict):
             problems.append(doc.problem((), "must be a mapping of settings"))
         else:
+            # Settings and each item of the list sections are validated separately: one bad item hides nothing.
+            data, lists = dict(doc.data), {}
+            for section in ("sources", "channels", "users", "routes"):
+                data, lists[section] = _split(data, section)
             try:
-                options = DaemonOptions.model_validate(doc.data)
+                options = DaemonOptions.model_validate(data)
             except ValidationError as e:
                 problems.extend(pydantic_problems(doc, (), e))
-    sources: list[plugins.SourceOptions] = []
-    channels: list[plugins.ChannelOptions] = []
-    if options is not None and doc is not None:
-        sources = _kind_options(doc, "sources", plugins.sources, options.sources, problems)
-        for i, s in enumerate(sources):
-            if s.interval <= timedelta(0):
-                problems.append(doc.problem(("sources", i, "interval"), "interval must be positive"))
-        channels = _kind_options(doc, "channels", plugins.notifiers, options.channels, problems, "apprise")
-        channel_names = {c.name for c in channels}
-        user_names: set[str] = set()
-        for i, u in enumerate(options.users):
-            if u.name in user_names:
-                problems.append(doc.problem(("users", i, "name"), f"duplicate user name {u.name!r}"))
-            user_names.add(u.name)
-            for j, url in enumerate(u.contacts):
-                msg = check_apprise_url(url)
-                if msg:
-                    problems.append(doc.problem(("users", i, "contacts", j), msg))
-        for i, route in enumerate(options.routes):
-            _check_targets(doc, ("routes", i, "notify"), route.notify, channel_names, user_names, problems)
-            for j, name in enumerate(route.group_by or []):
-                if name != "..." and not name.isidentifier():
-                    problems.append(doc.problem(("routes", i, "group_by", j), f"invalid label name {name!r}"))
-    source_map = {s.name: s for s in sources}
+            sources = _kind_options(
+                doc, "sources", plugins.sources, lists["sources"] or [], problems, None, source_names
+            )
+            channel_names: set[str] = set()
+            channels = _kind_options(
+                doc, "channels", plugins.notifiers, lists["channels"] or [], problems, "apprise", channel_names
+            )
+            user_names: set[str] = set()
+            seen_users: set[str] = set()
+            for i, raw in enumerate(lists["users"] or []):
+                if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                    user_names.add(raw["name"])  # known even when invalid: routes to it are not "unknown"
+                try:
+                    u = UserOptions.model_validate(raw)
+                except ValidationError as e:
+                    problems.extend(pydantic_problems(doc, ("users", i), e))
+                    u = None
+                contacts = u.contacts if u is not None else raw.get("contacts") if isinstance(raw, dict) else None
+                for j, url in enumerate(contacts if isinstance(contacts, list) else []):
+                    msg = check_apprise_url(url) if isinstance(url, str) else None
+                    if msg:
+                        problems.append(doc.problem(("users", i, "contacts", j), msg))
+                if u is None:
+                    continue
+                if u.name in seen_users:
+                    problems.append(doc.problem(("users", i, "name"), f"duplicate user name {u.name!r}"))
+                seen_users.add(u.name)
+                users.append(u)
+            for i, raw in enumerate(lists["routes"] or []):
+                try:
+                    route = RouteOptions.model_validate(raw)
+                except ValidationError as e:
+                    problems.extend(pydantic_problems(doc, ("routes", i), e))
+                    notify = raw.get("notify") if isinstance(raw, dict) else None
+                    if isinstance(notify, list):
+                        _check_targets(doc, ("routes", i, "notify"), notify, channel_names, user_names, problems)
+                    continue
+                routes.append(route)
+                _check_targets(doc, ("routes", i, "notify"), route.notify, channel_names, user_names, problems)
+                for j, name in enumerate(route.group_by or []):
+                    if name != "..." and not name.isidentifier():
+                        problems.append(doc.problem(("routes", i, "group_by", j), f"invalid label name {name!r}"))
+    source_map: dict[str, plugins.SourceOptions | None] = dict.fromkeys(source_names)
+    source_map.update({s.name: s for s in sources})
     groups: list[RuleGroup] = []
     seen_groups: dict[str, str] = {}
     rules_dir = root / "rules.d"
     if rules_dir.is_dir():
         for path in sorted(rules_dir.glob("*.y*ml")):
             files.append(str(path))
-            rdoc = load_yaml(str(path), path.read_text(encoding="utf-8"), problems=problems)
+            rtext = _read(path, problems)
+            rdoc = None if rtext is None else load_yaml(str(path), rtext, problems=problems)
             if rdoc is None:
                 continue
             if not isinstance(rdoc.data, dict):
@@ -338,11 +427,22 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
                     Problem(str(path), None, "", f"unknown template name (known: {', '.join(TEMPLATE_NAMES)})")
                 )
                 continue
+            ttext = _read(path, problems)
+            if ttext is None:
+                continue
             try:
-                templates[path.stem] = CompiledTemplate(path.read_text(encoding="utf-8"))
+                templates[path.stem] = CompiledTemplate(ttext)
             except TemplateProblem as e:
                 problems.append(Problem(str(path), e.line, "", str(e)))
     if problems:
+        if doc is not None and doc.env_failed:
+            # A value whose ${NAME} is unset fails its other checks only because of that: say it once.
+            env_msg = "environment variable "
+            problems = [
+                p
+                for p in problems
+                if not (p.file == doc.file and p.key in doc.env_failed and not p.message.startswith(env_msg))
+            ]
         raise ConfigError(problems)
     assert options is not None
     external = options.external_url or f"http://{options.listen}"
@@ -355,8 +455,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         delivery=options.delivery,
         sources=tuple(sources),
         channels=tuple(channels),
-        users=tuple(options.users),
-        routes=tuple(options.routes),
+        users=tuple(users),
+        routes=tuple(routes),
         groups=tuple(groups),
         templates=templates,
         files=tuple(files),

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from fsincident.core import Severity, valid_label_name
-from fsincident.plugins import Duration, Name, Options
+from fsincident.core import Severity
+from fsincident.plugins import Duration, LabelMap, Name, Options
 
 TARGET_KINDS = ("channel", "user", "schedule")
 
@@ -27,22 +27,6 @@ def _target(v: str) -> str:
 Target = Annotated[str, AfterValidator(_target)]
 
 
-def _label_names(v: dict[str, str]) -> dict[str, str]:
-    for k in v:
-        if not valid_label_name(k):
-            raise ValueError(f"invalid label name {k!r}")
-    return v
-
-
-def _stringify(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: (str(x).lower() if isinstance(x, bool) else str(x)) if x is not None else "" for k, x in v.items()}
-    return v
-
-
-LabelMap = Annotated[dict[str, str], BeforeValidator(_stringify), AfterValidator(_label_names)]
-
-
 def _listen(v: str) -> str:
     m = re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(\d{1,5})$", v)
     if not m or not 0 <= int(m.group(2)) <= 65535:
@@ -54,6 +38,17 @@ def _database(v: str) -> str:
     if not re.match(r"^(sqlite|postgresql|postgres)(\+\w+)?://", v):
         raise ValueError("database must be sqlite:///PATH or postgresql://USER@HOST/DB")
     return v
+
+
+def _external_url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+        raise ValueError(f"invalid external_url {v!r}: write http(s)://HOST[:PORT][/PATH]")
+    return v
+
+
+ExternalUrl = Annotated[
+    str | None, BeforeValidator(lambda v: v or None), AfterValidator(lambda v: v and _external_url(v))
+]
 
 
 def _tz(v: str) -> str:
@@ -93,7 +88,7 @@ class DaemonOptions(Options):
 
     listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9095"
     database: Annotated[str, AfterValidator(_database)] | None = None
-    external_url: str | None = None
+    external_url: ExternalUrl = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     delivery: DeliveryOptions = Field(default_factory=DeliveryOptions)
     sources: list[dict[str, Any]] = Field(default_factory=list)
@@ -105,8 +100,14 @@ class DaemonOptions(Options):
 ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
+def _alert_name(v: str) -> str:
+    if not re.match(ALERT_NAME, v) or len(v) > 200:
+        raise ValueError(f"invalid alert name {v!r}: use letters, digits and '_', not starting with a digit")
+    return v
+
+
 class RuleOptions(Options):
-    alert: Annotated[str, Field(pattern=ALERT_NAME, max_length=200)]
+    alert: Annotated[str, AfterValidator(_alert_name)]
     expr: str
     source: Name | None = None
     query: str | None = None

@@ -34,6 +34,8 @@ class Document:
         self.file = file
         self.data = data
         self.lines = lines
+        self.env_failed: set[str] = set()
+        """Keys whose ``${NAME}`` could not be expanded; their other problems are consequences."""
 
     def line_of(self, path: Path) -> int | None:
         """The line of the longest prefix of ``path`` that exists in the file."""
@@ -66,6 +68,26 @@ def _expand_env(value: str, environ: dict[str, str]) -> tuple[str, str | None]:
     return out, None
 
 
+MAX_NODES = 200_000
+"""Values per file after alias expansion; more is an alias bomb, not a configuration."""
+
+
+class _Refused(Exception):
+    def __init__(self, line: int | None, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+def _yaml_problem(file: str, text: str, e: yaml.YAMLError) -> Problem:
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        return Problem(file, line, "", f"invalid YAML: {e.problem or e.context}")
+    position = getattr(e, "position", None)  # yaml.reader.ReaderError: a bad character
+    line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+    return Problem(file, line, "", f"invalid YAML: {str(e).splitlines()[0]}")
+
+
 def load_yaml(
     file: str,
     text: str,
@@ -77,49 +99,104 @@ def load_yaml(
     """Parse ``text``; on failure append located problems and return None."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        problems.append(Problem(file, line, "", f"invalid YAML: {e.problem or e.context}"))
+    except yaml.YAMLError as e:
+        problems.append(_yaml_problem(file, text, e))
+        return None
+    except RecursionError:
+        problems.append(Problem(file, None, "", "invalid YAML: nested too deeply"))
         return None
     lines: dict[Path, int] = {}
+    env_failed: set[str] = set()
     env = dict(os.environ) if environ is None else environ
     ctor = yaml.SafeLoader("")
+    active: set[int] = set()
+    count = 0
+
+    def construct(node: yaml.Node) -> Any:
+        try:
+            return ctor.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except Exception:  # PyYAML lets ValueError, IndexError, ... escape for ``2001-02-30``, ``!!int abc``, ``!!int``
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise _Refused(
+                node.start_mark.line + 1, f"cannot read {node.value!r} as {kind} (quote it if it is text)"
+            ) from None
 
     def build(node: yaml.Node, path: Path) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_NODES:
+            raise _Refused(None, f"more than {MAX_NODES} values (alias expansion?)")
         lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            ctor.flatten_mapping(node)
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                key = ctor.construct_object(knode, deep=True)
-                if not isinstance(key, str | int | float | bool) or key is None:
-                    problems.append(Problem(file, knode.start_mark.line + 1, format_key(path), "keys must be strings"))
-                    continue
-                key = str(key) if not isinstance(key, str) else key
-                if key in out:
-                    problems.append(Problem(file, knode.start_mark.line + 1, format_key((*path, key)), "duplicate key"))
-                    continue
-                out[key] = build(vnode, (*path, key))
-                lines[(*path, key)] = knode.start_mark.line + 1
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
-        value = ctor.construct_object(node, deep=True)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in active:
+                raise _Refused(node.start_mark.line + 1, "an alias refers to a value that contains it")
+            if len(active) > 200:
+                raise _Refused(node.start_mark.line + 1, "nested too deeply")
+            active.add(id(node))
+            try:
+                return build_collection(node, path)
+            finally:
+                active.discard(id(node))
+        value = construct(node)
         if expand_env and isinstance(value, str) and "${" in value:
             value, err = _expand_env(value, env)
             if err:
                 problems.append(Problem(file, node.start_mark.line + 1, format_key(path), err))
+                env_failed.add(format_key(path))
         return value
+
+    def build_collection(node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            ctor.flatten_mapping(node)  # merged pairs (``<<: *base``) first, then the node's own pairs
+            merged = len(node.value) - own[id(node)]
+            out: dict[Any, Any] = {}
+            own_keys: set[str] = set()  # an own key overrides a merged one; the same own key twice is a mistake
+            for i, (knode, vnode) in enumerate(node.value):
+                key = construct(knode)
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    problems.append(Problem(file, knode.start_mark.line + 1, format_key(path), "keys must be strings"))
+                    continue
+                key = str(key) if not isinstance(key, str) else key
+                if i >= merged:
+                    if key in own_keys:
+                        problems.append(
+                            Problem(file, knode.start_mark.line + 1, format_key((*path, key)), "duplicate key")
+                        )
+                        continue
+                    own_keys.add(key)
+                out[key] = build(vnode, (*path, key))
+                lines[(*path, key)] = knode.start_mark.line + 1
+            return out
+        return [build(item, (*path, i)) for i, item in enumerate(node.value)]
 
     if root is None:
         return Document(file, {}, {(): 1})
+    # Count each mapping's own pairs before flattening merges, which rewrites the (possibly shared) nodes.
+    own: dict[int, int] = {}
+    todo, seen = [root], set()
+    while todo:
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            own[id(n)] = sum(1 for k, _ in n.value if k.tag != "tag:yaml.org,2002:merge")
+            todo.extend(x for pair in n.value for x in pair)
+        elif isinstance(n, yaml.SequenceNode):
+            todo.extend(n.value)
     try:
         data = build(root, ())
     except yaml.YAMLError as e:
-        problems.append(Problem(file, None, "", f"invalid YAML: {e}"))
+        problems.append(_yaml_problem(file, text, e))
         return None
-    return Document(file, data, lines)
+    except _Refused as e:
+        problems.append(Problem(file, e.line, "", f"invalid YAML: {e}"))
+        return None
+    doc = Document(file, data, lines)
+    doc.env_failed = env_failed
+    return doc
 
 
 def pydantic_problems(
@@ -128,7 +205,7 @@ def pydantic_problems(
     """Turn a pydantic ValidationError into located problems under ``prefix``."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
         path = (*prefix, *loc)
         out.append(doc.problem(path, _message(err)))
     return out
@@ -140,6 +217,8 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown key"
     if t == "missing":
         return "required key is missing"
+    if t == "model_type":
+        return "Input should be a valid dictionary"
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):

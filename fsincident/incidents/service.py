@@ -137,7 +137,10 @@ class IncidentService:
     async def _fired(self, s: AsyncSession, tr: AlertTransition, now: datetime) -> bool:
         routed = self.route(tr.labels)
         gkey = routed.group_key
-        inc = (await s.exec(select(Incident).where(Incident.open_key == gkey))).first()
+        q = select(Incident).where(Incident.open_key == gkey)
+        if not self.store.is_sqlite:
+            q = q.with_for_update()  # an ack in flight must not be overwritten by this transition
+        inc = (await s.exec(q)).first()
         if inc is None:
             glabels = dict(routed.group_labels)
             glabels.setdefault("alertname", tr.alertname)
@@ -186,13 +189,14 @@ class IncidentService:
         return await self._apply(s, inc, decision, now, SYSTEM_ACTOR, None, data)
 
     async def _resolved(self, s: AsyncSession, tr: AlertTransition, now: datetime) -> bool:
-        rows = (
-            await s.exec(
-                select(Alert, Incident)
-                .join(Incident, col(Incident.id) == col(Alert.incident_id))
-                .where(Alert.fingerprint == tr.fingerprint, Alert.state == "firing")
-            )
-        ).all()
+        q = (
+            select(Alert, Incident)
+            .join(Incident, col(Incident.id) == col(Alert.incident_id))
+            .where(Alert.fingerprint == tr.fingerprint, Alert.state == "firing")
+        )
+        if not self.store.is_sqlite:
+            q = q.with_for_update()
+        rows = (await s.exec(q)).all()
         notified = False
         for alert, inc in rows:
             alert.state, alert.ends_at, alert.updated_at = "resolved", tr.at, now
@@ -260,7 +264,7 @@ class IncidentService:
         inc.updated_at = now
         if decision.state == IncidentState.ACKNOWLEDGED and prev != IncidentState.ACKNOWLEDGED.value:
             inc.acknowledged_at, inc.acknowledged_by = now, actor
-        if decision.state == IncidentState.RESOLVED:
+        if decision.state == IncidentState.RESOLVED and prev != IncidentState.RESOLVED.value:
             inc.resolved_at, inc.resolved_by, inc.open_key = now, actor, None
         if decision.state == IncidentState.TRIGGERED and prev == IncidentState.ACKNOWLEDGED.value:
             inc.acknowledged_at, inc.acknowledged_by = None, None

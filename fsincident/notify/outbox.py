@@ -119,6 +119,8 @@ class Deliverer:
                 q = q.with_for_update(skip_locked=True)
             candidates = (await s.exec(q)).all()
             for row in candidates:
+                # Computed once: the ORM update below already synchronises ``row`` (its attempts are then n+1).
+                attempts = row.attempts + 1
                 res = await s.exec(  # type: ignore[call-overload]
                     sa.update(Outbox)
                     .where(
@@ -126,10 +128,10 @@ class Deliverer:
                         col(Outbox.state) == row.state,
                         col(Outbox.attempts) == row.attempts,
                     )
-                    .values(state="sending", lease_until=lease_until, attempts=row.attempts + 1)
+                    .values(state="sending", lease_until=lease_until, attempts=attempts)
                 )
                 if res.rowcount == 1:
-                    row.state, row.lease_until, row.attempts = "sending", lease_until, row.attempts + 1
+                    row.state, row.lease_until, row.attempts = "sending", lease_until, attempts
                     claimed.append(row)
         return claimed
 

@@ -13,7 +13,7 @@ import psutil
 from pydantic import Field
 
 from fsincident.core import Labels, Sample
-from fsincident.plugins import SourceOptions
+from fsincident.plugins import LabelMap, SourceOptions
 
 # Pseudo and container file systems that say nothing about real disks.
 _SKIP_FSTYPES = {
@@ -49,7 +49,7 @@ class HostOptions(SourceOptions):
     """Only these mount points (default: every real file system)."""
     interfaces: list[str] | None = None
     """Only these network interfaces (default: all but loopback)."""
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: LabelMap = Field(default_factory=dict)
 
 
 class HostSource:

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import AnyHttpUrl, Field
 
 from fsincident.core import Labels, Sample, SourceError
-from fsincident.plugins import SourceOptions
+from fsincident.plugins import LabelMap, SourceOptions
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -20,7 +20,7 @@ MAX_BODY = 64 * 1024 * 1024
 class ScrapeOptions(SourceOptions):
     url: AnyHttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: LabelMap = Field(default_factory=dict)
     """Extra labels added to every series (``instance`` and ``job`` are added unless present)."""
 
 
@@ -63,7 +63,15 @@ class ScrapeSource:
             async with self._session.get(str(self.options.url)) as resp:
                 if resp.status != 200:
                     raise SourceError(f"scrape of {self.options.url} returned HTTP {resp.status}")
-                raw = await resp.content.read(MAX_BODY + 1)
+                # StreamReader.read(n) returns what has arrived so far, not n bytes: read to EOF in chunks.
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        break
+                raw = b"".join(chunks)
         except TimeoutError:
             raise SourceError(f"scrape of {self.options.url} timed out after {self.options.timeout}") from None
         except aiohttp.ClientError as e:

@@ -102,8 +102,12 @@ class Store:
         return secret
 
     async def find_token(self, secret: str) -> ApiToken | None:
+        try:
+            digest = hash_secret(secret)
+        except UnicodeEncodeError:  # undecodable header bytes (surrogate escapes): no secret we issued
+            return None
         async with self.session() as s:
-            tok = (await s.exec(select(ApiToken).where(ApiToken.secret_hash == hash_secret(secret)))).first()
+            tok = (await s.exec(select(ApiToken).where(ApiToken.secret_hash == digest))).first()
         if tok is None or tok.revoked_at is not None:
             return None
         return tok

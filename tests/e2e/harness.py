@@ -147,3 +147,23 @@ def outbox_rows(db_path: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in con.execute("SELECT * FROM outbox ORDER BY id")]
     finally:
         con.close()
+
+
+def wait_timeline(d: DaemonProcess, iid: int, kind: str, count: int = 1, timeout: float = 20) -> dict[str, Any]:
+    """Wait until incident ``iid``'s timeline has ``count`` events of ``kind``; returns the incident."""
+
+    def check() -> dict[str, Any] | None:
+        inc = incident(d, iid)
+        return inc if kinds(inc).count(kind) >= count else None
+
+    return wait_until(check, timeout, f"{count} {kind} event(s) on incident {iid}", step=0.1)
+
+
+def wait_metric(d: DaemonProcess, name: str, value: float, timeout: float = 10, **labels: str) -> str:
+    """Wait until ``/metrics`` shows ``name{labels} == value``; returns the exposition text."""
+
+    def check() -> str | None:
+        text = metrics_text(d)
+        return text if metric(text, name, **labels) == value else None
+
+    return wait_until(check, timeout, f"{name}{labels} == {value}", step=0.1)

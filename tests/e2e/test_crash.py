@@ -8,7 +8,16 @@ import time
 
 import pytest
 
-from tests.e2e.harness import incident, kinds, log_events, make_config, rules_yaml, scrape_source, trigger_ids
+from tests.e2e.harness import (
+    incident,
+    kinds,
+    log_events,
+    make_config,
+    rules_yaml,
+    scrape_source,
+    trigger_ids,
+    wait_until,
+)
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,7 +42,7 @@ def test_kill9_during_burst_loses_no_page(tmp_path, db_url, exposition, receiver
     rng = random.Random(seed)
     for n in range(SERIES):
         exposition.set("burst", 0, n=str(n))
-    receiver.delay = 0.05  # keep a few deliveries in flight when the kill lands
+    receiver.delay = 0.2  # keep a few deliveries in flight when the kill lands
     port = free_port()
     cfg = make_config(
         tmp_path / "cfg",
@@ -56,10 +65,16 @@ def test_kill9_during_burst_loses_no_page(tmp_path, db_url, exposition, receiver
         for n in order[w * per_wave : (w + 1) * per_wave]:
             exposition.set("burst", 50 + w, n=str(n))
         if w < KILLS:
-            # Somewhere between scrape, evaluation, incident creation and delivery of this wave.
-            delay = rng.uniform(0.2, 3.0)
-            kill_at.append(round(delay, 2))
-            time.sleep(delay)
+            t0 = time.time()
+            if w == 1:
+                # While this wave's pages are on the wire: between "sent" and "recorded".
+                hits = len(receiver.hits)
+                wait_until(lambda h=hits: len(receiver.hits) > h, 20, "a delivery of this wave")
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:
+                # Somewhere between scrape, evaluation, incident creation and delivery of this wave.
+                time.sleep(rng.uniform(0.2, 3.0))
+            kill_at.append(round(time.time() - t0, 2))
             d.kill9()
             d = spawn(cfg, port)
             d.token = token

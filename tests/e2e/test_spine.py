@@ -31,7 +31,7 @@ def test_threshold_page_ack_clear_resolve_restart(tmp_path, peers):
         sources:
           - {{name: app, type: scrape, url: "{exp.url}/metrics", interval: 1s}}
         channels:
-          - {{name: ops, urls: ["{rcv.apprise_url('ops')}"]}}
+          - {{name: ops, urls: ["{rcv.apprise_url("ops")}"]}}
         routes:
           - {{notify: ["channel:ops"]}}
         """,

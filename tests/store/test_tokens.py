@@ -53,6 +53,8 @@ async def test_wrong_secret_finds_nothing(store):
     assert await store.find_token(secret[:-1]) is None
     assert await store.find_token("") is None
     assert await store.find_token(hashlib.sha256(secret.encode()).hexdigest()) is None  # the hash is no secret
+    assert await store.find_token("fsi_\udcff\udcfe") is None  # undecodable header bytes
+    assert await store.find_token("a\x00b") is None
 
 
 async def test_revoked_token_finds_nothing(store):

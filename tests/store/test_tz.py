@@ -53,7 +53,8 @@ async def test_sql_comparisons_on_aware_datetimes(store):
     """``next_attempt_at <= now`` (how the outbox finds due rows) is exact to the microsecond on both backends."""
     t = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     async with store.session() as s:
-        for i, dt in enumerate((t - timedelta(microseconds=1), t, t + timedelta(microseconds=1), t + timedelta(days=1))):
+        us = timedelta(microseconds=1)
+        for i, dt in enumerate((t - us, t, t + us, t + timedelta(days=1))):
             s.add(
                 Outbox(
                     target="channel:ops",

@@ -1,0 +1,1 @@
+"""Benchmarks of the real daemon process; ``python benchmarks/run.py`` runs them all."""
