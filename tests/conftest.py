@@ -59,3 +59,10 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/state.db"
     return request.getfixturevalue("pg_url")
+
+
+def pytest_configure(config):
+    """In-process daemons log like the real one: JSON lines, no local variables in tracebacks."""
+    from fsincident.obs import configure_logging
+
+    configure_logging("warning")

@@ -115,6 +115,8 @@ async def json_body(request: web.Request, allowed: dict[str, type]) -> dict[str,
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "malformed JSON body", str(e)) from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON body", "nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
@@ -123,7 +125,23 @@ async def json_body(request: web.Request, allowed: dict[str, type]) -> dict[str,
     for k, typ in allowed.items():
         if k in data and data[k] is not None and not isinstance(data[k], typ):
             raise ApiError(400, f"field {k!r} must be a {typ.__name__}")
+        if isinstance(data.get(k), str) and not _storable(data[k]):
+            raise ApiError(400, f"field {k!r} contains a NUL character or an unpaired surrogate")
     return data
+
+
+def _storable(text: str) -> bool:
+    """Text both databases can store: UTF-8 encodable (no lone surrogates) and free of NUL (PostgreSQL)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+MAX_ID = 2**31 - 1  # incident.id is a 32-bit INTEGER on PostgreSQL; larger values fail there at bind time
 
 
 def incident_id(request: web.Request) -> int:
@@ -132,7 +150,7 @@ def incident_id(request: web.Request) -> int:
         v = int(raw)
     except ValueError:
         raise ApiError(404, f"incident {raw!r} not found", "incident ids are integers") from None
-    if v < 1 or v > 2**62:
+    if v < 1 or v > MAX_ID:
         raise ApiError(404, f"incident {raw!r} not found")
     return v
 

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -107,6 +107,9 @@ ack_bodies = st.fixed_dictionaries({}, optional={"by": field_values | st.none(),
     body=st.one_of(ack_bodies.map(lambda v: json.dumps(v).encode()), ack_bodies.map(json.dumps), bodies),
     twice=st.booleans(),
 )
+@example(action="ack", body=b'{"by": "\\ud800"}', twice=False)
+@example(action="resolve", body=b'{"note": "a\\u0000b"}', twice=False)
+@example(action="ack", body=b"[" * 50_000, twice=False)
 async def test_ack_and_resolve_bodies_never_5xx(api, action, body, twice):
     """Each example acts on a fresh triggered incident, so whatever the body says is really written."""
     fresh: list[int] = api.__dict__.setdefault("fresh", [])
