@@ -42,6 +42,7 @@ class ApiContext:
 
 
 CTX = web.AppKey("ctx", ApiContext)
+TOKEN_NAME = web.RequestKey("token_name", str)
 
 
 def error(status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -102,7 +103,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         granted |= GRANTS.get(s.strip(), set())
     if required not in granted:
         raise ApiError(403, f"token {tok.name!r} lacks scope {required!r}", {"scopes": tok.scopes.split(",")})
-    request["token_name"] = tok.name
+    request[TOKEN_NAME] = tok.name
     return await handler(request)
 
 
@@ -205,7 +206,7 @@ async def get_incident(request: web.Request) -> web.Response:
 async def _act(request: web.Request, action: str) -> web.Response:
     iid = incident_id(request)
     body = await json_body(request, {"by": str, "note": str})
-    by = (body.get("by") or request["token_name"]).strip()[:200] or request["token_name"]
+    by = (body.get("by") or request[TOKEN_NAME]).strip()[:200] or request[TOKEN_NAME]
     note = body.get("note")
     if note is not None and len(note) > 4000:
         raise ApiError(400, "note is longer than 4000 characters")
