@@ -145,9 +145,10 @@ class Daemon:
         for g in config.groups:
             job = f"group:{g.name}"
             keep.add(job)
-            # Start half a source interval (at most 1 s) after the sources, so a group evaluates data
-            # collected moments before instead of racing the collection of the same tick.
-            delay = min(timedelta(seconds=1), min((s.interval for s in config.sources), default=g.interval) / 2)
+            # Start a quarter of a source interval (at most 250 ms) after the sources, so a group evaluates
+            # data collected moments before instead of racing the collection of the same tick.
+            shortest = min((s.interval for s in config.sources), default=g.interval)
+            delay = min(timedelta(milliseconds=250), shortest / 4)
             self.engine.every(job, g.interval, _quiet(lambda n=g.name: self.evaluator.evaluate_group(n)), delay=delay)
         self.engine.remove_jobs_except("source:", keep)
         self.engine.remove_jobs_except("group:", keep)

@@ -32,9 +32,11 @@ def test_incidents_cli_lists_shows_acks_and_resolves(tmp_path, exposition, recei
     env = {"FSINCIDENT_TOKEN": token}
     # No --url: the client finds the daemon through the config's listen address.
     listing = wait_until(
-        lambda: (r := run_cli("incidents", "list", "--config", str(cfg), env=env)).returncode == 0
-        and "Backlog" in r.stdout
-        and r,
+        lambda: (
+            (r := run_cli("incidents", "list", "--config", str(cfg), env=env)).returncode == 0
+            and "Backlog" in r.stdout
+            and r
+        ),
         20,
         "incident listed",
     )
