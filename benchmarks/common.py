@@ -97,3 +97,29 @@ def wait(pred, timeout: float, what: str, step: float = 0.01):  # type: ignore[n
             return v
         time.sleep(step)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def scrape_setup(
+    exp_url: str, receiver_url: str, alert: str, expr: str, annotations: str = ""
+) -> tuple[str, dict[str, str]]:
+    """fsincident.yaml (``{port}``/``{db}`` left for ``daemon``) and one 1 s rule group over a scrape source."""
+    main = f"""
+    listen: 127.0.0.1:{{port}}
+    database: {{db}}
+    sources:
+      - {{name: app, type: scrape, url: "{exp_url}/metrics", interval: 1s}}
+    channels:
+      - {{name: ops, urls: ["{receiver_url}"]}}
+    routes:
+      - {{notify: ["channel:ops"]}}
+    """
+    rules = f"""
+    groups:
+      - name: app
+        interval: 1s
+        source: app
+        rules:
+          - alert: {alert}
+            expr: {expr}
+{annotations}    """
+    return main, {"app.yaml": rules}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 
-from benchmarks.common import daemon, percentile, result, wait
+from benchmarks.common import daemon, percentile, result, scrape_setup, wait
 from tests.helpers import Exposition, Receiver
 
 FLIPS = 20
@@ -22,29 +22,15 @@ def run(flips: int = FLIPS, seed: int = 1) -> list[dict[str, object]]:
     try:
         for n in range(flips):
             exp.set("bench_depth", 0, n=str(n))
-        main = f"""
-        listen: 127.0.0.1:{{port}}
-        database: {{db}}
-        sources:
-          - {{name: app, type: scrape, url: "{exp.url}/metrics", interval: 1s}}
-        channels:
-          - {{name: ops, urls: ["{rcv.apprise_url("ops")}"]}}
-        routes:
-          - {{notify: ["channel:ops"]}}
-        """
-        rules = """
-        groups:
-          - name: app
-            interval: 1s
-            source: app
-            rules:
-              - alert: BenchDepth
-                expr: bench_depth > 10
-                annotations:
-                  summary: "series {{ labels.n }}"
-        """
+        main, rules = scrape_setup(
+            exp.url,
+            rcv.apprise_url("ops"),
+            "BenchDepth",
+            "bench_depth > 10",
+            '            annotations:\n              summary: "series {{ labels.n }}"\n',
+        )
         latencies: list[float] = []
-        with daemon(main, {"app.yaml": rules}):
+        with daemon(main, rules):
             time.sleep(2.0)  # past the first scrape and evaluation
             for n in range(flips):
                 time.sleep(rng.uniform(0.0, 1.0))  # a random phase against the 1 s schedules

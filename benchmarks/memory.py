@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import ROOT, cpu_seconds, daemon, histogram_mean, metrics_text, result, rss_mib, wait
+from benchmarks.common import (
+    ROOT,
+    cpu_seconds,
+    daemon,
+    histogram_mean,
+    metrics_text,
+    result,
+    rss_mib,
+    scrape_setup,
+    wait,
+)
 from tests.helpers import Exposition, Receiver
 
 IDLE_SECONDS = 10.0
@@ -40,26 +50,8 @@ def many_series(series: int = SERIES) -> list[dict[str, object]]:
     try:
         for n in range(series):
             exp.set("bench_load", n % 100, n=str(n), shard=str(n % 16))
-        main = f"""
-        listen: 127.0.0.1:{{port}}
-        database: {{db}}
-        sources:
-          - {{name: app, type: scrape, url: "{exp.url}/metrics", interval: 1s}}
-        channels:
-          - {{name: ops, urls: ["{rcv.apprise_url("ops")}"]}}
-        routes:
-          - {{notify: ["channel:ops"]}}
-        """
-        rules = """
-        groups:
-          - name: app
-            interval: 1s
-            source: app
-            rules:
-              - alert: BenchLoad
-                expr: bench_load > 1000
-        """
-        with daemon(main, {"app.yaml": rules}) as d:
+        main, rules = scrape_setup(exp.url, rcv.apprise_url("ops"), "BenchLoad", "bench_load > 1000", "")
+        with daemon(main, rules) as d:
             wait(
                 lambda: f'fsincident_source_samples{{source="app"}} {float(series)}' in metrics_text(d),
                 30,

@@ -91,30 +91,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_db(args: argparse.Namespace) -> int:
+def _with_store(cfg: config_mod.Config, action: Any) -> int:
+    """Migrate the config's database, run ``await action(store)`` (its return value is printed); exit code."""
     from fsincident.store import Store, StoreError
-
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_FAIL
 
     async def main() -> int:
         store = Store(cfg.database)
         try:
             await store.upgrade()
+            out = await action(store)
         except StoreError as e:
             print(str(e), file=sys.stderr)
             return EXIT_FAIL
         finally:
             await store.close()
-        print("database is at the latest schema")
+        print(out)
         return EXIT_OK
 
     return asyncio.run(main())
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_FAIL
+
+    async def done(store: Any) -> str:
+        return "database is at the latest schema"
+
+    return _with_store(cfg, done)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
-    from fsincident.store import SCOPES, Store, StoreError
+    from fsincident.store import SCOPES
 
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     bad = [s for s in scopes if s not in SCOPES]
@@ -125,21 +134,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_FAIL
 
-    async def main() -> int:
-        store = Store(cfg.database)
-        try:
-            await store.upgrade()
-            secret = await store.create_token(args.name, scopes, datetime.now(UTC))
-        except StoreError as e:
-            print(str(e), file=sys.stderr)
-            return EXIT_FAIL
-        finally:
-            await store.close()
-        print(secret)
-        print(f"token {args.name!r} ({','.join(scopes)}) created; the secret above is shown only once", file=sys.stderr)
-        return EXIT_OK
+    async def create(store: Any) -> str:
+        secret = await store.create_token(args.name, scopes, datetime.now(UTC))
+        print(f"token {args.name!r} ({','.join(scopes)}) created; the secret below is shown only once", file=sys.stderr)
+        return secret
 
-    return asyncio.run(main())
+    return _with_store(cfg, create)
 
 
 # ---------------------------------------------------------------------------- API client
