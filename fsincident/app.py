@@ -25,7 +25,7 @@ from fsincident.obs import Metrics, Redactor, get_logger
 from fsincident.routing.tree import Route
 from fsincident.routing.tree import route as route_alert
 from fsincident.sources.runner import SourceRunner
-from fsincident.store import Store
+from fsincident.store import SqlStateStore, Store
 
 log = get_logger("fsincident.app")
 
@@ -69,7 +69,7 @@ class Daemon:
         self.metrics = Metrics()
         self.store = Store(config.database)
         self.engine = Engine(self.clock)
-        self.sources = SourceRunner(self.clock, self.metrics)
+        self.sources = SourceRunner(self.clock, self.metrics, lambda name: SqlStateStore(self.store, name, self.clock))
         self.notifiers = Notifiers(config)
         self.renderer = Renderer(config.templates, config.external_url)
         self.deliverer = Deliverer(self.store, self.clock, self.metrics, self.notifiers, config.delivery)
@@ -83,7 +83,13 @@ class Daemon:
             kick_delivery=self.engine.kicker(self.deliverer.name),
         )
         self.evaluator = Evaluator(
-            self.store, self.clock, self.metrics, self.sources.snapshot, kick=self.engine.kicker(self.incidents.name)
+            self.store,
+            self.clock,
+            self.metrics,
+            self.sources.snapshot,
+            kick=self.engine.kicker(self.incidents.name),
+            query=self.sources.query,
+            health=self.sources.all_snapshots,
         )
         self.routes: list[Route] = routes_of(config)
         self.runner: web.AppRunner | None = None
@@ -106,6 +112,7 @@ class Daemon:
             evaluator=self.evaluator,
             metrics=self.metrics,
             ready=lambda: self._ready,
+            sources=self.sources,
         )
         self.runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
@@ -150,6 +157,7 @@ class Daemon:
             shortest = min((s.interval for s in config.sources), default=g.interval)
             delay = min(timedelta(milliseconds=250), shortest / 4)
             self.engine.every(job, g.interval, _quiet(lambda n=g.name: self.evaluator.evaluate_group(n)), delay=delay)
+        self.engine.every("health:sources", timedelta(seconds=2), _quiet(self.evaluator.evaluate_health))
         self.engine.remove_jobs_except("source:", keep)
         self.engine.remove_jobs_except("group:", keep)
 

@@ -65,6 +65,8 @@ class SourceOptions(Options):
     type: str
     interval: Duration = timedelta(seconds=15)
     timeout: Duration = timedelta(seconds=10)
+    down_after: int = Field(3, ge=1, le=1000)
+    """Consecutive failed collections before the built-in ``SourceDown`` alert fires."""
 
 
 class ChannelOptions(Options):
@@ -74,9 +76,33 @@ class ChannelOptions(Options):
     type: str = "apprise"
 
 
+class StateStore(Protocol):
+    """Durable key/value state of one source (JSON values), kept in SQL across restarts."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def set(self, key: str, value: Any) -> None: ...
+
+    async def items(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class SourceContext:
+    """What the daemon hands a source kind besides its options: the clock and its durable state."""
+
+    clock: Any
+    state: StateStore
+
+
 @runtime_checkable
 class Source(Protocol):
-    """A source of samples; ``collect`` raises SourceError when it cannot read its peer."""
+    """A source of samples; ``collect`` raises SourceError when it cannot read its peer.
+
+    A kind is built as ``Kind(options, context=SourceContext(...))``. Optional capabilities:
+    ``supports_query = True`` with ``async query(text, now) -> list[Sample]`` (rules with ``query:``),
+    ``async ingest(samples, now)`` (``POST /api/v1/metrics``), ``async ping(check, kind, now)``
+    (heartbeats).
+    """
 
     Options: ClassVar[type[SourceOptions]]
     options: SourceOptions

@@ -14,6 +14,7 @@ from fsincident.core import IncidentState, TransitionError
 from fsincident.evaluation.evaluator import Evaluator
 from fsincident.incidents.service import IncidentService, NotFound
 from fsincident.obs import Metrics, get_logger
+from fsincident.sources.runner import SourceRunner
 from fsincident.store import Store
 
 log = get_logger("fsincident.api")
@@ -38,6 +39,7 @@ class ApiContext:
     evaluator: Evaluator
     metrics: Metrics
     ready: Callable[[], bool]
+    sources: SourceRunner | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

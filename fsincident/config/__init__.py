@@ -53,6 +53,8 @@ class Rule:
     annotations: dict[str, CompiledTemplate]
     file: str
     line: int
+    nodata: str = "ok"
+    on_error: str = "keep_state"
 
     @property
     def key(self) -> str:
@@ -314,6 +316,8 @@ def _compile_rule(
         annotations=templates,
         file=doc.file,
         line=doc.line_of(rpath) or 0,
+        nodata=r.nodata,
+        on_error=r.on_error,
     )
 
 

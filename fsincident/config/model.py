@@ -116,6 +116,8 @@ class RuleOptions(Options):
     severity: Severity = Severity.WARNING
     labels: LabelMap = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    nodata: Literal["ok", "alerting", "keep_state"] = "ok"
+    on_error: Literal["ok", "alerting", "keep_state"] = "keep_state"
 
 
 class GroupOptions(Options):

@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import delete, select
 
 from fsincident.config import Rule, RuleGroup
-from fsincident.core import AlertState, Clock, Labels, ensure_utc, isoformat
+from fsincident.core import AlertState, Clock, Labels, Sample, Severity, SourceError, ensure_utc, isoformat
 from fsincident.evaluation.state import Emit, SeriesState, step
-from fsincident.expr import ExprError, LabelView, truthy
+from fsincident.expr import ExprError, LabelView, compile_expr, truthy
 from fsincident.obs import Metrics, get_logger
 from fsincident.plugins import Snapshot
 from fsincident.sandbox import TemplateProblem
@@ -27,6 +27,24 @@ from fsincident.store import Store
 from fsincident.store.tables import AlertTransition, RuleSeriesState
 
 log = get_logger("fsincident.evaluation")
+
+QueryFn = Callable[[str, str, datetime], Awaitable[list[Sample]]]
+
+# The built-in rule behind SourceDown alerts (not in any rules file; key "fsincident/SourceDown").
+SOURCE_DOWN = Rule(
+    group="fsincident",
+    alert="SourceDown",
+    source="",
+    expr=compile_expr("up == 0"),
+    query=None,
+    for_=timedelta(0),
+    keep_firing_for=timedelta(0),
+    severity=Severity.WARNING,
+    labels={"severity": "warning"},
+    annotations={},
+    file="(built-in)",
+    line=0,
+)
 
 
 @dataclass
@@ -65,16 +83,23 @@ class Evaluator:
         metrics: Metrics,
         snapshots: Callable[[str], Snapshot | None],
         kick: Callable[[], None] = lambda: None,
+        query: QueryFn | None = None,
+        health: Callable[[], dict[str, tuple[Snapshot, int]]] = dict,
     ):
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.snapshots = snapshots
         self.kick = kick
+        self.query = query
+        self.health = health
         self.groups: dict[str, RuleGroup] = {}
         self.tracked: dict[str, dict[str, Tracked]] = {}
         self.status: dict[str, RuleStatus] = {}
         self._pending_removal: list[tuple[str, Tracked]] = []
+        # One lock per group (groups evaluate concurrently; a slow query delays only its own group),
+        # and one for the shared bookkeeping (removed rules, SourceDown).
+        self._group_locks: dict[str, asyncio.Lock] = {}
         self._lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- lifecycle
@@ -99,7 +124,7 @@ class Evaluator:
     def set_groups(self, groups: tuple[RuleGroup, ...]) -> None:
         """Install (re)loaded groups; firing series of rules that no longer exist are resolved next cycle."""
         self.groups = {g.name: g for g in groups}
-        keys = {r.key for g in groups for r in g.rules}
+        keys = {r.key for g in groups for r in g.rules} | {SOURCE_DOWN.key}
         for key in list(self.tracked):
             if key not in keys:
                 for t in self.tracked.pop(key).values():
@@ -124,6 +149,31 @@ class Evaluator:
         if transitions:
             self.kick()
 
+    async def evaluate_health(self) -> None:
+        """The built-in ``SourceDown`` alert: fires for a source after ``down_after`` failed collections."""
+        async with self._lock:
+            now = self.clock.now()
+            tracked = self.tracked.setdefault(SOURCE_DOWN.key, {})
+            active: dict[str, tuple[Labels, float | None, Labels | None]] = {}
+            for name, (snap, down_after) in self.health().items():
+                if snap.failures >= down_after:
+                    labels = Labels({"alertname": "SourceDown", "source": name, "severity": "warning"})
+                    active[labels.fingerprint] = (labels, float(snap.failures), None)
+            transitions: list[AlertTransition] = []
+            upserts: list[tuple[str, str, Tracked]] = []
+            deletes: list[tuple[str, str]] = []
+            self._advance(SOURCE_DOWN, tracked, active, now, transitions, upserts, deletes)
+            for t in (t for t in transitions if t.state == "firing"):
+                snap = self.health().get(t.labels["source"], (None, 0))[0]
+                t.annotations = {
+                    "summary": f"source {t.labels['source']} failed {int(t.value or 0)} times in a row",
+                    "error": (snap.error if snap else "") or "",
+                }
+            if transitions or upserts or deletes:
+                await self._persist(transitions, upserts, deletes)
+        if transitions:
+            self.kick()
+
     # ---------------------------------------------------------------- evaluation
 
     async def evaluate_group(self, name: str) -> None:
@@ -131,14 +181,17 @@ class Evaluator:
         group = self.groups.get(name)
         if group is None:
             return
-        async with self._lock:
+        lock = self._group_locks.setdefault(name, asyncio.Lock())
+        if lock.locked():
+            return  # the previous cycle of this group is still running: skip, never pile up
+        async with lock:
             t0 = time.perf_counter()
             now = self.clock.now()
             transitions: list[AlertTransition] = []
             upserts: list[tuple[str, str, Tracked]] = []
             deletes: list[tuple[str, str]] = []
             for rule in group.rules:
-                self._evaluate_rule(rule, now, transitions, upserts, deletes)
+                await self._evaluate_rule(rule, now, transitions, upserts, deletes)
                 await asyncio.sleep(0)  # let the API breathe between rules
             if transitions or upserts or deletes:
                 await self._persist(transitions, upserts, deletes)
@@ -148,7 +201,7 @@ class Evaluator:
         if transitions:
             self.kick()
 
-    def _evaluate_rule(
+    async def _evaluate_rule(
         self,
         rule: Rule,
         now: datetime,
@@ -158,12 +211,33 @@ class Evaluator:
     ) -> None:
         status = self.status.setdefault(rule.key, RuleStatus())
         t0 = time.perf_counter()
-        snap = self.snapshots(rule.source)
-        if snap is None or not snap.ok:
-            # Keep the current state while the source is down: no false resolves, no false pages.
-            status.last_error = f"source {rule.source!r} has no data: {snap.error if snap else 'not collected yet'}"
-            status.last_evaluation = now
+        tracked = self.tracked.setdefault(rule.key, {})
+        error: str | None = None
+        if rule.query is not None:
+            snap = None
+            try:
+                if self.query is None:
+                    raise SourceError("queries are not available")
+                samples = await self.query(rule.source, rule.query, now)
+            except SourceError as e:
+                error = f"query on source {rule.source!r} failed: {e}"
+            else:
+                snap = Snapshot(source=rule.source, at=now, last_success=now)
+                snap.metrics["value"] = {s.labels: s.value for s in samples}
+        else:
+            snap = self.snapshots(rule.source)
+            reads_up = rule.expr.metrics == ("up",)
+            if snap is None or (not snap.ok and not reads_up):
+                error = f"source {rule.source!r} has no data: {snap.error if snap else 'not collected yet'}"
+        if error is not None or snap is None:
+            status.last_error, status.last_evaluation = error, now
             self.metrics.rule_errors.labels(rule.group, rule.alert).inc()
+            if rule.on_error == "keep_state":
+                return  # no false resolves, no false pages while the source is down
+            active = self._kept(tracked) if rule.on_error == "alerting" else {}
+            if rule.on_error == "alerting":
+                self._special(rule, "error", error or "", active)
+            self._advance(rule, tracked, active, now, transitions, upserts, deletes)
             return
         active, errors, evaluated = self._active_series(rule, snap)
         status.series_evaluated = evaluated
@@ -174,7 +248,38 @@ class Evaluator:
             log.warning(
                 "rule_error", rule=rule.key, file=rule.file, line=rule.line, error=errors[0], series_failed=len(errors)
             )
-        tracked = self.tracked.setdefault(rule.key, {})
+        if evaluated == 0 and not errors:
+            if rule.nodata == "keep_state":
+                status.last_evaluation = now
+                return
+            if rule.nodata == "alerting":
+                self._special(rule, "nodata", f"no series of {rule.expr.primary or 'the query'}", active)
+        self._advance(rule, tracked, active, now, transitions, upserts, deletes)
+        status.last_evaluation = now
+        status.duration_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def _kept(tracked: dict[str, Tracked]) -> dict[str, tuple[Labels, float | None, Labels | None]]:
+        """The currently pending/firing series, kept active (on_error: alerting keeps them)."""
+        return {fp: (t.labels, t.value, None) for fp, t in tracked.items() if t.labels.get("reason") != "error"}
+
+    @staticmethod
+    def _special(rule: Rule, reason: str, detail: str, active: dict[str, Any]) -> None:
+        """Add the rule's single ``reason=nodata|error`` alert to ``active``."""
+        labels = Labels({**rule.labels, "alertname": rule.alert, "reason": reason, "detail": detail[:200]})
+        active[labels.fingerprint] = (labels, None, None)
+
+    def _advance(
+        self,
+        rule: Rule,
+        tracked: dict[str, Tracked],
+        active: dict[str, tuple[Labels, float | None, Labels | None]],
+        now: datetime,
+        transitions: list[AlertTransition],
+        upserts: list[tuple[str, str, Tracked]],
+        deletes: list[tuple[str, str]],
+    ) -> None:
+        """Step every tracked or active series of ``rule`` and collect the rows to persist."""
         for fp in set(tracked) | set(active):
             prev = tracked.get(fp)
             hit = active.get(fp)
@@ -194,14 +299,12 @@ class Evaluator:
             tracked[fp] = cur
             if prev is None or prev.state.state != new_state.state or emit != Emit.NONE:
                 upserts.append((rule.key, fp, cur))
-        status.last_evaluation = now
-        status.duration_seconds = time.perf_counter() - t0
 
     def _active_series(
         self, rule: Rule, snap: Snapshot
     ) -> tuple[dict[str, tuple[Labels, float | None, Labels]], list[str], int]:
         expr = rule.expr
-        primary = expr.primary
+        primary = expr.primary or "value"  # a query rule's series are its result, named "value"
         others = expr.metrics[1:]
         active: dict[str, tuple[Labels, float | None, Labels]] = {}
         errors: list[str] = []

@@ -1,24 +1,35 @@
-"""Runs each configured source on its interval and keeps its latest snapshot for the evaluator."""
+"""Runs each configured source on its interval and keeps its latest snapshot for the evaluator.
+
+Each source runs in its own scheduled job with its own timeout, so a slow source never delays
+another one. Every snapshot carries an ``up{job=SOURCE}`` series (1 after a good collection, 0
+after a failed one) that rules can read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from fsincident import plugins
-from fsincident.core import Clock, SourceError
+from fsincident.core import Clock, FsIncidentError, Labels, Sample, SourceError
 from fsincident.obs import Metrics, get_logger
 
 log = get_logger("fsincident.sources")
 
 
+class NoSuchSource(FsIncidentError):
+    """No source of that name, or none able to do what was asked."""
+
+
 class SourceRunner:
     """Owns the source instances; ``collect(name)`` is scheduled per source and never raises."""
 
-    def __init__(self, clock: Clock, metrics: Metrics):
+    def __init__(self, clock: Clock, metrics: Metrics, state: Callable[[str], plugins.StateStore]):
         self.clock = clock
         self.metrics = metrics
+        self.state = state
         self.sources: dict[str, Any] = {}
         self.snapshots: dict[str, plugins.Snapshot] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -32,7 +43,11 @@ class SourceRunner:
                 new[opt.name] = old
             else:
                 cls = plugins.sources.get(opt.type)
-                new[opt.name] = cls(opt)
+                ctx = plugins.SourceContext(clock=self.clock, state=self.state(opt.name))
+                new[opt.name] = cls(opt, context=ctx)
+                start = getattr(new[opt.name], "start", None)
+                if start is not None:
+                    await start()
                 self.snapshots[opt.name] = plugins.Snapshot(source=opt.name)
         for name, src in self.sources.items():
             if new.get(name) is not src:
@@ -44,6 +59,14 @@ class SourceRunner:
 
     def snapshot(self, name: str) -> plugins.Snapshot | None:
         return self.snapshots.get(name)
+
+    def all_snapshots(self) -> dict[str, tuple[plugins.Snapshot, int]]:
+        """Every source's snapshot with its ``down_after``."""
+        return {
+            name: (snap, self.sources[name].options.down_after)
+            for name, snap in self.snapshots.items()
+            if name in self.sources
+        }
 
     async def collect(self, name: str) -> None:
         """Collect one source now and store its snapshot; failures are recorded, never raised."""
@@ -75,6 +98,9 @@ class SourceRunner:
         metrics: dict[str, dict[Any, float]] = {}
         for s in samples:
             metrics.setdefault(s.name, {})[s.labels] = s.value
+        metrics.setdefault("up", {})[Labels({"job": name})] = 1.0
+        if snap.error is not None:
+            log.info("source_recovered", source=name, failures=snap.failures)
         snap.metrics = metrics
         snap.at = now
         snap.last_success = now
@@ -90,8 +116,39 @@ class SourceRunner:
         snap.error = msg
         snap.failures += 1
         snap.at = now
+        snap.metrics = {"up": {Labels({"job": name}): 0.0}}
         self.metrics.source_collections.labels(name, "failure").inc()
         self.metrics.source_up.labels(name).set(0)
+
+    # ------------------------------------------------------------------ capabilities
+
+    async def query(self, name: str, text: str, now: datetime) -> list[Sample]:
+        """Run a rule's ``query`` on source ``name``; raises SourceError (also for a timeout)."""
+        src = self.sources.get(name)
+        if src is None or not getattr(src, "supports_query", False):
+            raise SourceError(f"source {name!r} does not run queries")
+        timeout = src.options.timeout.total_seconds() + 1
+        try:
+            return await asyncio.wait_for(src.query(text, now), timeout)
+        except TimeoutError:
+            raise SourceError(f"query timed out after {timeout:g}s") from None
+        except SourceError:
+            raise
+        except Exception as e:
+            log.exception("source_query_crashed", source=name)
+            raise SourceError(f"{type(e).__name__}: {e}") from None
+
+    def with_capability(self, capability: str, name: str | None = None) -> list[Any]:
+        """Sources that implement ``capability`` (e.g. ``ingest``), or the one named; raises NoSuchSource."""
+        if name is not None:
+            src = self.sources.get(name)
+            if src is None or not hasattr(src, capability):
+                raise NoSuchSource(f"no source named {name!r} accepts {capability}")
+            return [src]
+        found = [s for s in self.sources.values() if hasattr(s, capability)]
+        if not found:
+            raise NoSuchSource(f"no source accepts {capability}")
+        return found
 
     async def close(self) -> None:
         for src in self.sources.values():

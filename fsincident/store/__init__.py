@@ -151,3 +151,35 @@ def run_migrations(url: str, command_name: str, revision: str = "head", **kw: An
 
 def utc(dt: datetime | None) -> datetime | None:
     return ensure_utc(dt)
+
+
+class SqlStateStore:
+    """A source's durable key/value state in the ``source_state`` table (JSON values)."""
+
+    def __init__(self, store: Store, source: str, clock: Any):
+        self.store, self.source, self.clock = store, source, clock
+
+    async def get(self, key: str) -> Any:
+        from fsincident.store.tables import SourceState
+
+        async with self.store.session() as s:
+            row = await s.get(SourceState, (self.source, key))
+        return None if row is None else row.value
+
+    async def set(self, key: str, value: Any) -> None:
+        """Insert or replace ``key``; raises StoreError when the database refuses."""
+        from fsincident.store.tables import SourceState
+
+        async with self.store.session() as s:
+            row = await s.get(SourceState, (self.source, key))
+            if row is None:
+                row = SourceState(source=self.source, key=key)
+            row.value, row.updated_at = value, self.clock.now()
+            s.add(row)
+
+    async def items(self) -> dict[str, Any]:
+        from fsincident.store.tables import SourceState
+
+        async with self.store.session() as s:
+            rows = (await s.exec(select(SourceState).where(SourceState.source == self.source))).all()
+        return {r.key: r.value for r in rows}

@@ -145,3 +145,13 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     last_used_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
+
+
+class SourceState(SQLModel, table=True):
+    """Durable state of a source kind (heartbeat pings, log offsets), as JSON per key."""
+
+    __tablename__ = "source_state"
+    source: str = Field(primary_key=True, max_length=100)
+    key: str = Field(primary_key=True, max_length=300)
+    value: Any = Field(default=None, sa_type=sa.JSON, nullable=True)
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
