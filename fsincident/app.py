@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fsincident import config as config_mod
+from fsincident import plugins
 from fsincident.api import ApiContext, build_app
 from fsincident.config import Config
 from fsincident.core import Clock, ConfigError, Problem, SystemClock
@@ -166,6 +167,12 @@ class Daemon:
         password = _db_password(config.database)
         if password:
             secrets.append(password)
+        # A source kind declares its secrets (passwords, tokens, heartbeat keys) with a static
+        # ``secrets_of(options) -> list[str]``.
+        for opts in config.sources:
+            secrets_of = getattr(plugins.sources.get(opts.type), "secrets_of", None)
+            if secrets_of is not None:
+                secrets.extend(s for s in secrets_of(opts) if s)
         self.redactor.set(secrets)
 
     async def reload(self) -> bool:

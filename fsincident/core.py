@@ -246,15 +246,19 @@ def parse_duration(text: str | int | float) -> timedelta:
     if s == "0":
         return timedelta(0)
     pos = 0
-    total = 0.0
+    total = timedelta(0)
     for m in _DURATION.finditer(s):
         if m.start() != pos:
             break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
+        # Each part is exact on its own (timedelta rounds to microseconds), so parts add up exactly.
+        try:
+            total += _bounded(float(m.group(1)) * _UNIT[m.group(2)], text)
+        except OverflowError:
+            raise ValueError(f"invalid duration {text!r}: too large") from None
         pos = m.end()
     if pos != len(s) or not s:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 5m, 1h30m, 1d)")
-    return _bounded(total, text)
+    return total
 
 
 def _bounded(seconds: float, text: object) -> timedelta:

@@ -101,7 +101,8 @@ class Source(Protocol):
     A kind is built as ``Kind(options, context=SourceContext(...))``. Optional capabilities:
     ``supports_query = True`` with ``async query(text, now) -> list[Sample]`` (rules with ``query:``),
     ``async ingest(samples, now)`` (``POST /api/v1/metrics``), ``async ping(check, kind, now)``
-    (heartbeats).
+    (heartbeats), and a static ``secrets_of(options) -> list[str]`` naming strings (passwords,
+    tokens) that the log redactor must hide.
     """
 
     Options: ClassVar[type[SourceOptions]]

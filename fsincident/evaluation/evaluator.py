@@ -226,18 +226,23 @@ class Evaluator:
                 snap.metrics["value"] = {s.labels: s.value for s in samples}
         else:
             snap = self.snapshots(rule.source)
+            if snap is None or snap.at is None:
+                # The source has not finished its first collection (start-up, reload): nothing is known yet,
+                # so no policy applies: neither an error alert nor a resolve of alerts restored from SQL.
+                status.last_error = f"source {rule.source!r} has not been collected yet"
+                return
             reads_up = rule.expr.metrics == ("up",)
-            if snap is None or (not snap.ok and not reads_up):
-                error = f"source {rule.source!r} has no data: {snap.error if snap else 'not collected yet'}"
+            if not snap.ok and not reads_up:
+                error = f"source {rule.source!r} has no data: {snap.error}"
         if error is not None or snap is None:
             status.last_error, status.last_evaluation = error, now
             self.metrics.rule_errors.labels(rule.group, rule.alert).inc()
             if rule.on_error == "keep_state":
                 return  # no false resolves, no false pages while the source is down
             active = self._kept(tracked) if rule.on_error == "alerting" else {}
-            if rule.on_error == "alerting":
-                self._special(rule, "error", error or "", active)
+            special = self._special(rule, "error", error or "", active) if rule.on_error == "alerting" else None
             self._advance(rule, tracked, active, now, transitions, upserts, deletes)
+            self._describe(rule, special, tracked, transitions)
             return
         active, errors, evaluated = self._active_series(rule, snap)
         status.series_evaluated = evaluated
@@ -248,13 +253,15 @@ class Evaluator:
             log.warning(
                 "rule_error", rule=rule.key, file=rule.file, line=rule.line, error=errors[0], series_failed=len(errors)
             )
+        special = None
         if evaluated == 0 and not errors:
             if rule.nodata == "keep_state":
                 status.last_evaluation = now
                 return
             if rule.nodata == "alerting":
-                self._special(rule, "nodata", f"no series of {rule.expr.primary or 'the query'}", active)
+                special = self._special(rule, "nodata", f"no series of {rule.expr.primary or 'the query'}", active)
         self._advance(rule, tracked, active, now, transitions, upserts, deletes)
+        self._describe(rule, special, tracked, transitions)
         status.last_evaluation = now
         status.duration_seconds = time.perf_counter() - t0
 
@@ -264,10 +271,31 @@ class Evaluator:
         return {fp: (t.labels, t.value, None) for fp, t in tracked.items() if t.labels.get("reason") != "error"}
 
     @staticmethod
-    def _special(rule: Rule, reason: str, detail: str, active: dict[str, Any]) -> None:
-        """Add the rule's single ``reason=nodata|error`` alert to ``active``."""
-        labels = Labels({**rule.labels, "alertname": rule.alert, "reason": reason, "detail": detail[:200]})
+    def _special(rule: Rule, reason: str, detail: str, active: dict[str, Any]) -> tuple[str, str]:
+        """Add the rule's single ``reason=nodata|error`` alert to ``active``; returns its fingerprint and detail.
+
+        The detail (an error message) is an annotation, not a label: a message that changes during one
+        outage (HTTP 500, then a timeout) must not become a new alert and a new page.
+        """
+        labels = Labels({**rule.labels, "alertname": rule.alert, "reason": reason})
         active[labels.fingerprint] = (labels, None, None)
+        return labels.fingerprint, detail[:500]
+
+    @staticmethod
+    def _describe(
+        rule: Rule, special: tuple[str, str] | None, tracked: dict[str, Tracked], transitions: list[AlertTransition]
+    ) -> None:
+        """Put the detail of a newly firing ``reason=`` alert into its annotations (``detail``, and ``summary``
+        unless the rule has one)."""
+        if special is None:
+            return
+        fp, detail = special
+        extra = {"detail": detail} if "summary" in rule.annotations else {"detail": detail, "summary": detail}
+        for tr in transitions:
+            if tr.fingerprint == fp and tr.state == "firing":
+                tr.annotations = {**(tr.annotations or {}), **extra}
+                if fp in tracked:
+                    tracked[fp].annotations = tr.annotations
 
     def _advance(
         self,
@@ -426,7 +454,10 @@ class Evaluator:
                         "name": r.alert,
                         "group": g.name,
                         "expr": r.expr.text,
+                        "query": r.query,
                         "source": r.source,
+                        "nodata": r.nodata,
+                        "on_error": r.on_error,
                         "for": r.for_.total_seconds(),
                         "keep_firing_for": r.keep_firing_for.total_seconds(),
                         "severity": r.severity.value,

@@ -1,0 +1,1 @@
+"""An example third-party source kind for fsincident (``type: random_walk``)."""
