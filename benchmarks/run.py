@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import latency, memory, sources  # noqa: E402
+from benchmarks import latency, memory, push, sources  # noqa: E402
 
-SUITES = [("latency", latency.run), ("memory", memory.run), ("sources", sources.run)]
+SUITES = [("latency", latency.run), ("memory", memory.run), ("sources", sources.run), ("push", push.run)]
 
 
 def _git_rev() -> str | None:

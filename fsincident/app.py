@@ -97,6 +97,7 @@ class Daemon:
         self._ready = False
         self._watchdog: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._jobs: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -149,7 +150,7 @@ class Daemon:
         for s in config.sources:
             job = f"source:{s.name}"
             keep.add(job)
-            self.engine.every(job, s.interval, _quiet(lambda n=s.name: self.sources.collect(n)))
+            self.engine.every(job, s.interval, _quiet(lambda n=s.name: self.sources.collect(n), self._jobs))
         for g in config.groups:
             job = f"group:{g.name}"
             keep.add(job)
@@ -157,8 +158,10 @@ class Daemon:
             # data collected moments before instead of racing the collection of the same tick.
             shortest = min((s.interval for s in config.sources), default=g.interval)
             delay = min(timedelta(milliseconds=250), shortest / 4)
-            self.engine.every(job, g.interval, _quiet(lambda n=g.name: self.evaluator.evaluate_group(n)), delay=delay)
-        self.engine.every("health:sources", timedelta(seconds=2), _quiet(self.evaluator.evaluate_health))
+            self.engine.every(
+                job, g.interval, _quiet(lambda n=g.name: self.evaluator.evaluate_group(n), self._jobs), delay=delay
+            )
+        self.engine.every("health:sources", timedelta(seconds=2), _quiet(self.evaluator.evaluate_health, self._jobs))
         self.engine.remove_jobs_except("source:", keep)
         self.engine.remove_jobs_except("group:", keep)
 
@@ -236,6 +239,13 @@ class Daemon:
         self.deliverer.draining = True
         drain = drain_seconds if drain_seconds is not None else self.config.delivery.timeout.total_seconds() + 5
         await self.engine.stop(drain={self.deliverer.name: drain, self.incidents.name: 10})
+        # Collections and evaluations still running get a moment to finish, then are cancelled and
+        # awaited, so no database connection is left checked out when the store closes.
+        if self._jobs:
+            _, pending = await asyncio.wait(set(self._jobs), timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self.sources.close()
         await self.store.close()
         log.info("daemon_stopped")
@@ -258,15 +268,22 @@ def _db_password(url: str) -> str | None:
         return None
 
 
-def _quiet(fn: Callable[[], object]) -> Callable[[], object]:
-    """Wrap a scheduled coroutine so shutdown's cancellation is not logged as an error."""
+def _quiet(fn: Callable[[], object], running: set[asyncio.Task[None]]) -> Callable[[], object]:
+    """Wrap a scheduled coroutine: failures are logged, shutdown's cancellation is not an error, and
+    the running task is kept in ``running`` so ``stop`` can wait for it before closing the store."""
 
     async def run() -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            running.add(task)  # type: ignore[arg-type]
         try:
             await fn()  # type: ignore[misc]
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("job_failed")
+        finally:
+            if task is not None:
+                running.discard(task)  # type: ignore[arg-type]
 
     return run

@@ -269,16 +269,18 @@ def _bounded(seconds: float, text: object) -> timedelta:
 
 
 def format_duration(td: timedelta) -> str:
-    """The inverse of parse_duration for display: ``1h30m``, ``15s``, ``0s``."""
-    secs = td.total_seconds()
-    if secs == 0:
+    """The exact inverse of parse_duration for display: ``1h30m``, ``15s``, ``1.5s``, ``0s``."""
+    micros = td // timedelta(microseconds=1)
+    if micros == 0:
         return "0s"
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
     out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            n = int(secs // size)
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000)):
+        n, micros = divmod(micros, size)
+        if n:
             out.append(f"{n}{unit}")
-            secs -= n * size
-    if secs:
-        out.append(f"{secs:g}s")
-    return "".join(out)
+    if micros:
+        secs, frac = divmod(micros, 1_000_000)
+        out.append(f"{secs}.{frac:06d}".rstrip("0").rstrip(".") + "s")
+    return sign + "".join(out)

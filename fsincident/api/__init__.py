@@ -254,6 +254,9 @@ def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] |
     r.add_post("/api/v1/incidents/{id}/ack", ack_incident)
     r.add_post("/api/v1/incidents/{id}/resolve", resolve_incident)
     r.add_get("/api/v1/rules", rules)
+    from fsincident.api import ingest  # here, not at the top: ingest imports this module
+
+    ingest.add_routes(app)
     if extra_routes:
         extra_routes(app)
     return app
