@@ -19,7 +19,7 @@ from pydantic import AnyHttpUrl, Field
 from fsincident.core import Labels, Sample, SourceError
 from fsincident.obs import get_logger
 from fsincident.plugins import SourceOptions
-from fsincident.sources.prometheus import header_secrets, read_limited, split_userinfo, url_secrets
+from fsincident.sources.httputil import header_secrets, read_limited, split_userinfo, url_secrets
 
 log = get_logger("fsincident.sources.http")
 

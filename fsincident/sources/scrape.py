@@ -13,6 +13,7 @@ from pydantic import AnyHttpUrl, Field
 
 from fsincident.core import Labels, Sample, SourceError
 from fsincident.plugins import LabelMap, SourceOptions
+from fsincident.sources.httputil import header_secrets, read_limited, url_secrets
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -53,6 +54,11 @@ class ScrapeSource:
         parts = urlsplit(str(options.url))
         self._extra = {"instance": parts.netloc, "job": options.name, **options.labels}
 
+    @staticmethod
+    def secrets_of(options: ScrapeOptions) -> list[str]:
+        """Credentials in the URL and in headers such as ``Authorization``; the log redactor hides them."""
+        return [s for s in url_secrets(str(options.url)) + header_secrets(options.headers) if s]
+
     async def collect(self, now: datetime) -> list[Sample]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -63,15 +69,7 @@ class ScrapeSource:
             async with self._session.get(str(self.options.url)) as resp:
                 if resp.status != 200:
                     raise SourceError(f"scrape of {self.options.url} returned HTTP {resp.status}")
-                # StreamReader.read(n) returns what has arrived so far, not n bytes: read to EOF in chunks.
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_any():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        break
-                raw = b"".join(chunks)
+                raw = await read_limited(resp, MAX_BODY)
         except TimeoutError:
             raise SourceError(f"scrape of {self.options.url} timed out after {self.options.timeout}") from None
         except aiohttp.ClientError as e:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fsincident.core import Labels, Sample, SourceError, valid_label_name
 from fsincident.plugins import SourceOptions
-from fsincident.sources.prometheus import url_secrets
+from fsincident.sources.httputil import url_secrets
 
 MAX_ROWS = 100_000
 _METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"

@@ -87,3 +87,22 @@ def test_secret_in_channel_url_is_never_logged_or_served(tmp_path, monkeypatch, 
         assert SECRET not in text, text[:2000]
     # The destination is still identifiable, in its redacted form.
     assert f"127.0.0.1:{receiver.port}" in responses[1]
+
+
+def test_scrape_credentials_are_registered_as_secrets(tmp_path):
+    """A bearer token in a scrape source's headers is hidden by the daemon's log redactor."""
+    from fsincident.app import Daemon
+    from fsincident.config import load
+
+    (tmp_path / "fsincident.yaml").write_text(
+        f"database: sqlite:///{tmp_path}/s.db\n"
+        "sources:\n"
+        "  - name: app\n"
+        "    type: scrape\n"
+        "    url: http://user:UrlSecret987@127.0.0.1:9/metrics\n"
+        "    headers: {Authorization: 'Bearer HeaderSecret654'}\n"
+    )
+    daemon = Daemon(load(tmp_path))
+    daemon._set_secrets(daemon.config)
+    line = daemon.redactor.scrub("Authorization: Bearer HeaderSecret654 to http://user:UrlSecret987@127.0.0.1:9/")
+    assert "HeaderSecret654" not in line and "UrlSecret987" not in line
