@@ -237,10 +237,6 @@ async def rules(request: web.Request) -> web.Response:
     return web.json_response({"groups": request.app[CTX].evaluator.rules_view()})
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return error(404, f"no such endpoint: {request.method} {request.path}")
-
-
 def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
     """The aiohttp application serving the API with ``ctx``."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=4 * 1024 * 1024)

@@ -155,7 +155,8 @@ class Evaluator:
             now = self.clock.now()
             tracked = self.tracked.setdefault(SOURCE_DOWN.key, {})
             active: dict[str, tuple[Labels, float | None, Labels | None]] = {}
-            for name, (snap, down_after) in self.health().items():
+            health = self.health()
+            for name, (snap, down_after) in health.items():
                 if snap.failures >= down_after:
                     labels = Labels({"alertname": "SourceDown", "source": name, "severity": "warning"})
                     active[labels.fingerprint] = (labels, float(snap.failures), None)
@@ -164,7 +165,7 @@ class Evaluator:
             deletes: list[tuple[str, str]] = []
             self._advance(SOURCE_DOWN, tracked, active, now, transitions, upserts, deletes)
             for t in (t for t in transitions if t.state == "firing"):
-                snap = self.health().get(t.labels["source"], (None, 0))[0]
+                snap = health.get(t.labels["source"], (None, 0))[0]
                 t.annotations = {
                     "summary": f"source {t.labels['source']} failed {int(t.value or 0)} times in a row",
                     "error": (snap.error if snap else "") or "",

@@ -6,6 +6,7 @@ the outbox rows of the notifications it causes, so a crash loses no page and no 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -106,6 +107,7 @@ class IncidentService:
         self.destinations = destinations
         self.kick_delivery = kick_delivery
         self.route = route
+        self._gauges_at = 0.0
 
     # ------------------------------------------------------------------ the engine module
 
@@ -131,7 +133,8 @@ class IncidentService:
                 s.add(tr)
         if notified:
             self.kick_delivery()
-        await self._update_gauges()
+        if rows or time.monotonic() - self._gauges_at > 5:
+            await self._update_gauges()
         return bool(rows)
 
     async def _fired(self, s: AsyncSession, tr: AlertTransition, now: datetime) -> bool:
@@ -362,6 +365,7 @@ class IncidentService:
         return queued > 0
 
     async def _update_gauges(self) -> None:
+        self._gauges_at = time.monotonic()
         async with self.store.session() as s:
             rows = (
                 await s.exec(

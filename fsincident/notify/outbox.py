@@ -28,6 +28,7 @@ from fsincident.store.tables import IncidentEvent, Outbox
 log = get_logger("fsincident.notify")
 
 ACTIVE = ("pending", "sending")
+GAUGE_EVERY = 5.0  # seconds between outbox-depth refreshes while idle
 
 
 def backoff(attempt: int, options: DeliveryOptions, rnd: Callable[[], float] = random.random) -> timedelta:
@@ -89,7 +90,7 @@ class Deliverer:
         rows = await self.claim(now, self.options.concurrency)
         if rows:
             await asyncio.gather(*(self._deliver(r) for r in rows))
-        if not rows or time.monotonic() - self._last_depth > 5:
+        if rows or time.monotonic() - self._last_depth > GAUGE_EVERY:
             await self.update_depth()
         return bool(rows)
 
@@ -224,8 +225,11 @@ class Deliverer:
         for st, n in counts.items():
             self.metrics.outbox_depth.labels(st).set(n)
 
-    async def next_due(self) -> datetime | None:
-        """When the earliest pending row becomes due (the engine sleeps until then)."""
+    async def sleep_hint(self, now: datetime) -> float | None:
+        """Seconds until the earliest pending row is due, so a short backoff is not rounded up to the idle poll."""
+        if self.draining:
+            return None
         async with self.store.session() as s:
             v = (await s.exec(select(sa.func.min(Outbox.next_attempt_at)).where(col(Outbox.state) == "pending"))).one()
-        return ensure_utc(v)
+        due = ensure_utc(v)
+        return None if due is None else (due - now).total_seconds()

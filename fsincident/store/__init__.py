@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from fsincident.core import FsIncidentError, ensure_utc
+from fsincident.core import FsIncidentError
 from fsincident.store import tables
 from fsincident.store.tables import ApiToken
 
@@ -147,10 +147,6 @@ def run_migrations(url: str, command_name: str, revision: str = "head", **kw: An
     if command_name in ("upgrade", "downgrade"):
         return fn(cfg, revision)
     return fn(cfg, **kw)
-
-
-def utc(dt: datetime | None) -> datetime | None:
-    return ensure_utc(dt)
 
 
 class SqlStateStore:
