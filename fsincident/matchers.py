@@ -1,0 +1,170 @@
+"""Label matchers (``=``, ``!=``, ``=~``, ``!~``) and PromQL-style series selectors ``metric{a="b", c=~"x.*"}``.
+
+Shared by rule selectors, the rule test runner, and later by routes, silences and inhibition. Regular
+expressions are fully anchored, as in Prometheus: ``job=~"api"`` matches ``api`` only, not ``api2``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fsincident.core import FsIncidentError
+
+OPS = ("=~", "!~", "!=", "=")
+MAX_SELECTOR = 4096
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+class MatcherError(FsIncidentError):
+    """A selector or matcher is malformed; the message names what and where (0-based column)."""
+
+    def __init__(self, message: str, *, column: int | None = None):
+        super().__init__(message if column is None else f"{message} (at character {column + 1})")
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One label matcher; a missing label matches as the empty string (Prometheus semantics)."""
+
+    name: str
+    op: str
+    value: str
+    _re: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def make(cls, name: str, op: str, value: str) -> Matcher:
+        """Build a matcher; raises MatcherError for an unknown operator or an invalid regular expression."""
+        if op not in OPS:
+            raise MatcherError(f"unknown matcher operator {op!r} (use = != =~ !~)")
+        rx = None
+        if op in ("=~", "!~"):
+            try:
+                rx = re.compile(f"(?:{value})\\Z", re.DOTALL)
+            except re.error as e:
+                raise MatcherError(f"invalid regular expression {value!r} for label {name!r}: {e}") from None
+        return cls(name, op, value, rx)
+
+    def matches(self, value: str) -> bool:
+        """Whether a label value (``''`` when absent) satisfies the matcher."""
+        if self.op == "=":
+            return value == self.value
+        if self.op == "!=":
+            return value != self.value
+        hit = self._re.match(value) is not None  # type: ignore[union-attr]
+        return hit if self.op == "=~" else not hit
+
+    def __str__(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'{self.name}{self.op}"{escaped}"'
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A metric name (or None) with label matchers."""
+
+    metric: str | None
+    matchers: tuple[Matcher, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether a label set (without the metric name) satisfies every matcher."""
+        return all(m.matches(labels.get(m.name, "")) for m in self.matchers)
+
+    def equalities(self) -> dict[str, str]:
+        """The labels fixed by ``=`` matchers (what ``absent()`` reports)."""
+        return {m.name: m.value for m in self.matchers if m.op == "=" and m.name != "__name__"}
+
+    def __str__(self) -> str:
+        inner = ", ".join(str(m) for m in self.matchers)
+        return f"{self.metric or ''}{{{inner}}}" if inner or not self.metric else self.metric
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _string(text: str, i: int) -> tuple[str, int]:
+    quote = text[i]
+    out: list[str] = []
+    i += 1
+    escapes = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "'": "'", "r": "\r"}
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append(escapes.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        if c == quote:
+            return "".join(out), i + 1
+        out.append(c)
+        i += 1
+    raise MatcherError("unterminated string", column=i)
+
+
+def parse_matchers(text: str, start: int = 0) -> tuple[tuple[Matcher, ...], int]:
+    """Parse ``{a="b", c!~"x"}`` starting at ``text[start] == '{'``; returns matchers and the index after '}'."""
+    i = _skip_ws(text, start)
+    if i >= len(text) or text[i] != "{":
+        raise MatcherError("expected '{'", column=i)
+    i += 1
+    matchers: list[Matcher] = []
+    while True:
+        i = _skip_ws(text, i)
+        if i < len(text) and text[i] == "}":
+            return tuple(matchers), i + 1
+        m = _LABEL.match(text, i)
+        if not m:
+            raise MatcherError("expected a label name", column=i)
+        name = m.group()
+        i = _skip_ws(text, m.end())
+        op = next((o for o in OPS if text.startswith(o, i)), None)
+        if op is None:
+            raise MatcherError(f"expected one of = != =~ !~ after {name!r}", column=i)
+        i = _skip_ws(text, i + len(op))
+        if i >= len(text) or text[i] not in "\"'":
+            raise MatcherError(f"expected a quoted value for {name!r}", column=i)
+        value, i = _string(text, i)
+        matchers.append(Matcher.make(name, op, value))
+        i = _skip_ws(text, i)
+        if i < len(text) and text[i] == ",":
+            i += 1
+            continue
+        if i < len(text) and text[i] == "}":
+            return tuple(matchers), i + 1
+        raise MatcherError("expected ',' or '}'", column=i)
+
+
+def parse_selector(text: str) -> Selector:
+    """Parse ``metric``, ``metric{...}`` or ``{__name__="metric", ...}``; raises MatcherError saying what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise MatcherError("selector is empty")
+    if len(text) > MAX_SELECTOR:
+        raise MatcherError(f"selector is longer than {MAX_SELECTOR} characters")
+    i = _skip_ws(text, 0)
+    metric = None
+    m = _NAME.match(text, i)
+    if m:
+        metric = m.group()
+        i = _skip_ws(text, m.end())
+    matchers: tuple[Matcher, ...] = ()
+    if i < len(text) and text[i] == "{":
+        matchers, i = parse_matchers(text, i)
+    i = _skip_ws(text, i)
+    if i != len(text):
+        raise MatcherError(f"unexpected {text[i]!r}", column=i)
+    names = [x for x in matchers if x.name == "__name__"]
+    if names:
+        if metric is not None or len(names) > 1 or names[0].op != "=":
+            raise MatcherError('give the metric name once: metric{...} or {__name__="metric", ...}')
+        metric = names[0].value
+        matchers = tuple(x for x in matchers if x.name != "__name__")
+    if metric is None:
+        raise MatcherError("a selector needs a metric name")
+    return Selector(metric, matchers)
