@@ -91,12 +91,13 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 class Labels(Mapping[str, str]):
     """An immutable, hashable, sorted label set; ``fingerprint`` is stable across processes."""
 
-    __slots__ = ("_hash", "_items")
+    __slots__ = ("_fp", "_hash", "_items")
 
     def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()):
         pairs = items.items() if isinstance(items, Mapping) else items
         self._items: tuple[tuple[str, str], ...] = tuple(sorted((str(k), str(v)) for k, v in pairs))
         self._hash = hash(self._items)
+        self._fp: str | None = None
 
     def __getitem__(self, key: str) -> str:
         for k, v in self._items:
@@ -135,13 +136,15 @@ class Labels(Mapping[str, str]):
     @property
     def fingerprint(self) -> str:
         """A 16-hex-digit digest of the label set, the same in every process and database."""
-        h = hashlib.sha256()
-        for k, v in self._items:
-            h.update(k.encode())
-            h.update(b"\xff")
-            h.update(v.encode())
-            h.update(b"\xff")
-        return h.hexdigest()[:16]
+        if self._fp is None:
+            h = hashlib.sha256()
+            for k, v in self._items:
+                h.update(k.encode())
+                h.update(b"\xff")
+                h.update(v.encode())
+                h.update(b"\xff")
+            self._fp = h.hexdigest()[:16]
+        return self._fp
 
     def as_dict(self) -> dict[str, str]:
         return dict(self._items)

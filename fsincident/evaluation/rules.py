@@ -73,6 +73,7 @@ class RuleSet:
     def update(self, rules: Iterable[Rule], *, slos: Iterable[Any] = ()) -> None:
         """Install a new rule list; the history of (source, metric) pairs still read is kept."""
         need: dict[tuple[str, str], float] = {}
+        ttl: dict[tuple[str, str], float] = {}
         extra = self.lookback or 0.0
 
         def add(rule_key: str, source: str, query: bool, expr: CompiledExpr | None) -> None:
@@ -81,6 +82,7 @@ class RuleSet:
             for metric, span in expr.spans.items():
                 key = _history_key(rule_key, source, query, metric)
                 need[key] = max(need.get(key, 0.0), span + extra)
+                ttl[key] = max(ttl.get(key, 0.0), expr.ttls.get(metric, 0.0))
 
         self.rules = list(rules)
         for r in self.rules:
@@ -95,9 +97,9 @@ class RuleSet:
         for key, span in need.items():
             h = self._hist.get(key)
             if h is None:
-                self._hist[key] = MetricHistory(span)
-            elif h.span != span:
-                h.set_span(span)
+                self._hist[key] = MetricHistory(span, ttl[key])
+            else:
+                h.set_span(span, ttl[key])
         self._by_source = {}
         for (source, metric), h in self._hist.items():
             if source != QUERY:

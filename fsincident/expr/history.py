@@ -21,6 +21,7 @@ from fsincident.core import Labels
 FINE_COLUMNS = 4096
 COARSE_COLUMNS = 2048
 COARSE_FROM = 6 * 3600.0
+ROW_TTL = 3600.0  # a series silent this long (or the metric's span, if longer) is forgotten
 _UIDS = itertools.count(1)
 
 
@@ -69,31 +70,29 @@ class Tier:
         self.vals = new
 
     def _make_room(self) -> None:
+        """Free a column at the end: shift out expired columns, or grow by a quarter, or drop the oldest."""
         cap = self.vals.shape[1]
         if self.n < cap:
             return
         live = self.n - self.lo
-        if self.lo > 0 and self.lo >= cap // 4:
+        if self.lo > 0 and live < cap * 0.9:
             self.vals[:, :live] = self.vals[:, self.lo : self.n]
             self.ts[:live] = self.ts[self.lo : self.n]
-            self.vals[:, live:] = np.nan
             self.lo, self.n = 0, live
             return
-        new_cap = min(max(cap * 2, 8), self.max_columns + max(8, self.max_columns // 8))
+        new_cap = min(max(int(live * 1.25) + 2, 4), self.max_columns)
         if new_cap <= cap:  # at the cap: drop the oldest columns
-            keep = self.max_columns - 1
+            keep = max(1, min(live, self.max_columns) - max(1, self.max_columns // 16))
             self.vals[:, :keep] = self.vals[:, self.n - keep : self.n]
             self.ts[:keep] = self.ts[self.n - keep : self.n]
-            self.vals[:, keep:] = np.nan
             self.lo, self.n = 0, keep
             return
         vals = np.full((self.vals.shape[0], new_cap), np.nan)
-        vals[:, : self.n - self.lo] = self.vals[:, self.lo : self.n]
+        vals[:, :live] = self.vals[:, self.lo : self.n]
         ts = np.full(new_cap, np.nan)
-        ts[: self.n - self.lo] = self.ts[self.lo : self.n]
+        ts[:live] = self.ts[self.lo : self.n]
         self.vals, self.ts = vals, ts
-        self.n -= self.lo
-        self.lo = 0
+        self.lo, self.n = 0, live
 
     def append(self, at: float, rows: np.ndarray, values: np.ndarray, nrows: int) -> None:
         self.grow_rows(nrows)
@@ -119,6 +118,11 @@ class Tier:
         if lo > self.lo:
             self.lo = lo
 
+    def keep_rows(self, idx: np.ndarray) -> None:
+        vals = np.full((max(len(idx), 4), self.vals.shape[1]), np.nan)
+        vals[: len(idx)] = self.vals[idx]
+        self.vals = vals
+
     def view(self, nrows: int) -> tuple[np.ndarray, np.ndarray]:
         self.grow_rows(nrows)
         return self.ts[self.lo : self.n], self.vals[:nrows, self.lo : self.n]
@@ -133,20 +137,27 @@ class Tier:
 class MetricHistory:
     """One metric of one source: its label table, a fine tier and (for long spans) a coarse tier."""
 
-    __slots__ = ("coarse", "fine", "last_at", "span", "table")
+    __slots__ = ("_next_sweep", "coarse", "fine", "last_at", "last_seen", "row_ttl", "span", "table")
 
-    def __init__(self, span: float):
+    def __init__(self, span: float, row_ttl: float = 0.0):
         self.table = Table()
         self.table._index = {}
         self.span = 0.0
+        self.row_ttl = ROW_TTL
         self.fine: Tier | None = None
         self.coarse: Tier | None = None
         self.last_at = -math.inf
-        self.set_span(span)
+        self.last_seen = np.full(4, np.nan)
+        self._next_sweep = -math.inf
+        self.set_span(span, row_ttl)
 
-    def set_span(self, span: float) -> None:
-        """Resize retention to ``span`` seconds (a reload may lengthen or shorten it; data is kept)."""
+    def set_span(self, span: float, row_ttl: float = 0.0) -> None:
+        """Resize retention to ``span`` seconds (a reload may lengthen or shorten it; data is kept).
+
+        A series without samples for ``max(span, row_ttl, ROW_TTL)`` seconds is forgotten.
+        """
         span = max(0.0, float(span))
+        self.row_ttl = max(span, float(row_ttl), ROW_TTL)
         if self.fine is None:
             self.fine = Tier(0, span, FINE_COLUMNS, 0.0)
         self.fine.span = span
@@ -179,9 +190,46 @@ class MetricHistory:
             table.version += 1
         values = np.fromiter(series.values(), dtype=np.float64, count=len(series))
         nrows = len(table.labels)
+        if nrows > len(self.last_seen):
+            grown = np.full(max(nrows, int(len(self.last_seen) * 1.5) + 4), np.nan)
+            grown[: len(self.last_seen)] = self.last_seen
+            self.last_seen = grown
+        self.last_seen[rows[~np.isnan(values)]] = at
         for tier in (self.fine, self.coarse):
             if tier is not None:
                 tier.append(at, rows, values, nrows)
+        if at >= self._next_sweep:
+            self._next_sweep = at + min(600.0, self.row_ttl / 4 + 1)
+            self._forget(at - self.row_ttl)
+
+    def _forget(self, before: float) -> None:
+        """Drop the rows last seen before ``before`` (series that went away); the table gets a new uid."""
+        n = len(self.table)
+        seen = self.last_seen[:n]
+        keep = ~(seen < before)  # never-seen rows (NaN) stay until they age like the others
+        never = np.isnan(seen)
+        if never.any():
+            self.last_seen[:n][never] = self.last_at
+        if keep.all():
+            return
+        idx = np.flatnonzero(keep)
+        labels = [self.table.labels[i] for i in idx.tolist()]
+        table = Table(labels)
+        table._index = {lab: i for i, lab in enumerate(labels)}
+        self.table = table
+        last = np.full(max(len(idx), 4), np.nan)
+        last[: len(idx)] = seen[idx]
+        self.last_seen = last
+        for tier in (self.fine, self.coarse):
+            if tier is not None:
+                tier.keep_rows(idx)
+
+    def seen_before(self, when: float) -> np.ndarray:
+        """1.0 for rows whose last sample is at or before ``when`` (silent since), NaN otherwise."""
+        n = len(self.table)
+        seen = self.last_seen[:n]
+        with np.errstate(invalid="ignore"):
+            return np.where(seen <= when, 1.0, np.nan)
 
     def latest(self) -> np.ndarray:
         """Each row's value in the newest snapshot (NaN where it had none)."""

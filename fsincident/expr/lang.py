@@ -39,7 +39,8 @@ MAX_CONSTANT = 10**15
 MAX_LENGTH = 4096
 MAX_DEPTH = 100
 MAX_ROUND_DIGITS = 100
-DEFAULT_LOOKBACK = 300.0  # seconds an offset() lookup may reach back for a sample, like Prometheus
+DEFAULT_LOOKBACK = 300.0
+NODATA_MEMORY = 86400.0  # nodata() reports a silent series for this long before forgetting it  # seconds an offset() lookup may reach back for a sample, like Prometheus
 
 # Names with a fixed meaning; every other bare name is a metric of the rule's source.
 RESERVED = frozenset({"value", "labels", "True", "False", "None", "nan", "inf"})
@@ -327,7 +328,7 @@ class SetOp(Node):
             if isinstance(a, LabelFilter) and isinstance(b, Vector):
                 return Vector(b.table, np.where(a.mask(b.table, ctx.cache), b.values, np.nan))
             if isinstance(a, LabelFilter) or isinstance(b, LabelFilter):
-                raise self.fail("a label comparison must be combined with series: x > 1 and labels.job == \"api\"")
+                raise self.fail('a label comparison must be combined with series: x > 1 and labels.job == "api"')
             a, b = _num(a, self.left), _num(b, self.right)
             if isinstance(a, Vector) and isinstance(b, Vector):
                 return set_and(a, b, self.match, ctx.cache)
@@ -405,6 +406,10 @@ class Window(Node):
         end = ctx.now - self.offset
         start = ctx.now - self.span
         ts, vals = hist.view(start)
+        if self.name == "nodata":
+            v = self.ref.restrict(hist, hist.seen_before(end - self.window), ctx)
+            ctx.seen += len(v.values)
+            return v
         if self.name == "offset":
             step = float(np.median(np.diff(ts))) if len(ts) > 2 else 0.0
             lookback = max(ctx.lookback or 0.0, DEFAULT_LOOKBACK, 2 * step)
@@ -537,6 +542,7 @@ class CompiledExpr:
     root: Node = field(repr=False)
     presence: Node = field(repr=False)
     spans: dict[str, float] = field(default_factory=dict, repr=False)
+    ttls: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def primary(self) -> str | None:
@@ -622,6 +628,7 @@ class _Compiler:
     def __init__(self) -> None:
         self.metrics: list[str] = []
         self.spans: dict[str, float] = {}
+        self.ttls: dict[str, float] = {}
 
     def ref(self, node: ast.AST, fname: str) -> MetricRef:
         col = getattr(node, "col_offset", 0)
@@ -647,6 +654,9 @@ class _Compiler:
             self.metrics.append(sel.metric)
         self.spans.setdefault(sel.metric, 0.0)
         return MetricRef(sel, col=col)
+
+    def keep(self, metric: str, ttl: float) -> None:
+        self.ttls[metric] = max(self.ttls.get(metric, 0.0), ttl)
 
     def need(self, metric: str, span: float) -> None:
         self.spans[metric] = max(self.spans.get(metric, 0.0), span)
@@ -813,6 +823,9 @@ class _Compiler:
                 raise ExprError("the window must be longer than 0s", column=col)
             off = _duration(kw["offset"], "offset") if "offset" in kw else 0.0
             span = off + window * (2 if name == "spike" else 1)
+            if name == "nodata":
+                span = 0.0
+                self.keep(ref.selector.metric or "", window + NODATA_MEMORY)
             w = Window(name, ref, window, off, extra, span, col)
             self.need(ref.selector.metric or "", span)
             return w
@@ -886,7 +899,7 @@ def compile_expr(text: str, *, require_metric: bool = True) -> CompiledExpr:
     reads_value = "value" in comp.spans
     if require_metric and not comp.metrics and not reads_value:
         raise ExprError("expression reads no metric")
-    return CompiledExpr(src, tuple(comp.metrics), root, presence, dict(comp.spans))
+    return CompiledExpr(src, tuple(comp.metrics), root, presence, dict(comp.spans), dict(comp.ttls))
 
 
 def expr_metrics(compiled: CompiledExpr) -> Mapping[str, float]:

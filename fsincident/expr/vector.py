@@ -123,8 +123,13 @@ def align(a: Vector, b: Vector, match: Match, cache: Caches) -> tuple[Table, np.
     key = _pair_key("join", a, b, match)
     hit = cache.get(key)
     if hit is None:
-        hit = _build_join(a, b, match)
+        try:
+            hit = _build_join(a, b, match)
+        except ExprError as e:
+            hit = e
         cache.put(key, hit)
+    if isinstance(hit, ExprError):
+        raise ExprError(str(hit))
     side, idx = hit
     if side == "a":
         bv = np.where(idx >= 0, b.values[np.maximum(idx, 0)] if len(b.values) else np.nan, np.nan)
