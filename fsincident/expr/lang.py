@@ -39,8 +39,8 @@ MAX_CONSTANT = 10**15
 MAX_LENGTH = 4096
 MAX_DEPTH = 100
 MAX_ROUND_DIGITS = 100
-DEFAULT_LOOKBACK = 300.0
-NODATA_MEMORY = 86400.0  # nodata() reports a silent series for this long before forgetting it  # seconds an offset() lookup may reach back for a sample, like Prometheus
+DEFAULT_LOOKBACK = 300.0  # seconds an offset() lookup may reach back for a sample, like Prometheus
+NODATA_MEMORY = 86400.0  # nodata() reports a silent series for this long before forgetting it
 
 # Names with a fixed meaning; every other bare name is a metric of the rule's source.
 RESERVED = frozenset({"value", "labels", "True", "False", "None", "nan", "inf"})
