@@ -26,6 +26,10 @@ MODELS = [
     model.UserOptions,
     model.RuleOptions,
     model.GroupOptions,
+    model.FlappingOptions,
+    model.SloOptions,
+    model.BurnAlertOptions,
+    model.RuleFileOptions,
 ]
 
 

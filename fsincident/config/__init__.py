@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,50 +26,27 @@ from fsincident.config.model import (
     RuleOptions,
     UserOptions,
 )
+from fsincident.config.rule import DEFAULT_INTERVAL, Rule, RuleGroup
+from fsincident.config.slo import Slo, load_slos
 from fsincident.config.yamlmarks import Document, load_yaml, pydantic_problems
-from fsincident.core import ConfigError, Problem, Severity
+from fsincident.core import ConfigError, Problem
 from fsincident.expr import CompiledExpr, ExprError, compile_expr
 from fsincident.sandbox import CompiledTemplate, TemplateProblem
 
 MAIN_FILE = "fsincident.yaml"
-DEFAULT_INTERVAL = timedelta(seconds=15)
 TEMPLATE_NAMES = ("title", "message")
 
-__all__ = ["Config", "ConfigError", "Rule", "RuleGroup", "default_database", "load"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A rule ready to evaluate: compiled expression and annotation templates, resolved source."""
-
-    group: str
-    alert: str
-    source: str
-    expr: CompiledExpr
-    query: str | None
-    for_: timedelta
-    keep_firing_for: timedelta
-    severity: Severity
-    labels: dict[str, str]
-    annotations: dict[str, CompiledTemplate]
-    file: str
-    line: int
-    nodata: str = "ok"
-    on_error: str = "keep_state"
-
-    @property
-    def key(self) -> str:
-        """Stable identity across reloads: ``group/alert``."""
-        return f"{self.group}/{self.alert}"
-
-
-@dataclass(frozen=True)
-class RuleGroup:
-    name: str
-    interval: timedelta
-    source: str | None
-    rules: tuple[Rule, ...]
-    file: str
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "Config",
+    "ConfigError",
+    "Rule",
+    "RuleGroup",
+    "Slo",
+    "default_database",
+    "load",
+    "load_rule_files",
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +66,8 @@ class Config:
     groups: tuple[RuleGroup, ...]
     templates: dict[str, CompiledTemplate] = field(default_factory=dict)
     files: tuple[str, ...] = field(default=())
+    slos: tuple[Slo, ...] = field(default=())
+    """SLOs; each one's burn-rate rules are also in ``groups`` (a group named after the SLO)."""
 
     @property
     def host(self) -> str:
@@ -109,6 +89,9 @@ class Config:
     @property
     def rules(self) -> list[Rule]:
         return [r for g in self.groups for r in g.rules]
+
+    def slo(self, name: str) -> Slo | None:
+        return next((s for s in self.slos if s.name == name), None)
 
 
 def default_database() -> str:
@@ -192,10 +175,11 @@ def _load_rules(
     doc: Document,
     sources: dict[str, plugins.SourceOptions | None],
     problems: list[Problem],
-    seen_groups: dict[str, str],
-) -> list[RuleGroup]:
-    # File, groups and rules are validated separately, so that one bad rule hides no other problem.
+    seen_groups: dict[str, tuple[str, str]],
+) -> tuple[list[RuleGroup], list[Slo]]:
+    # File, groups, rules and SLOs are validated separately, so that one bad rule hides no other problem.
     head, groups_raw = _split(doc.data if doc.data is not None else {}, "groups")
+    head, slos_raw = _split(head, "slos")
     try:
         RuleFileOptions.model_validate(head)
     except ValidationError as e:
@@ -212,10 +196,14 @@ def _load_rules(
         if g is not None:
             group_name, group_source = g.name, g.source
             if g.name in seen_groups:
-                problems.append(
-                    doc.problem((*gpath, "name"), f"duplicate group name {g.name!r} (also in {seen_groups[g.name]})")
+                kind, file = seen_groups[g.name]
+                msg = (
+                    f"duplicate group name {g.name!r} (also in {file})"
+                    if kind == "group"
+                    else f"group name {g.name!r} is taken by an SLO (in {file}); its alerts form a group of that name"
                 )
-            seen_groups[g.name] = doc.file
+                problems.append(doc.problem((*gpath, "name"), msg))
+            seen_groups.setdefault(g.name, ("group", doc.file))
             if g.interval is not None and g.interval <= timedelta(0):
                 problems.append(doc.problem((*gpath, "interval"), "interval must be positive"))
             if g.source is not None and g.source not in sources:
@@ -234,8 +222,9 @@ def _load_rules(
                 r = RuleOptions.model_validate(rraw)
             except ValidationError as e:
                 problems.extend(pydantic_problems(doc, rpath, e))
-                if isinstance(rraw, dict) and isinstance(rraw.get("expr"), str):
-                    _compile_expr(doc, rpath, rraw["expr"], rraw.get("query"), problems)
+                for key in ("expr", "resolve_expr"):
+                    if isinstance(rraw, dict) and isinstance(rraw.get(key), str):
+                        _compile_expr(doc, rpath, rraw[key], rraw.get("query"), problems, key)
                 continue
             rule = _compile_rule(doc, rpath, group_name, group_source, r, sources, problems)
             if r.alert in alerts:
@@ -245,18 +234,21 @@ def _load_rules(
                 rules.append(rule)
         if g is not None:
             groups.append(RuleGroup(g.name, g.interval or DEFAULT_INTERVAL, g.source, tuple(rules), doc.file))
-    return groups
+    slos, slo_groups = load_slos(doc, slos_raw or [], sources, problems, seen_groups)
+    return groups + slo_groups, slos
 
 
-def _compile_expr(doc: Document, rpath: tuple, expr: str, query: Any, problems: list[Problem]) -> CompiledExpr | None:
+def _compile_expr(
+    doc: Document, rpath: tuple, expr: str, query: Any, problems: list[Problem], key: str = "expr"
+) -> CompiledExpr | None:
     try:
         compiled = compile_expr(expr, require_metric=query is None)
     except ExprError as e:
         col = f" (column {e.column + 1})" if e.column is not None else ""
-        problems.append(doc.problem((*rpath, "expr"), f"{e}{col}"))
+        problems.append(doc.problem((*rpath, key), f"{e}{col}"))
         return None
     if query is not None and compiled.metrics:
-        problems.append(doc.problem((*rpath, "expr"), "a query rule's expr may only use value and labels"))
+        problems.append(doc.problem((*rpath, key), f"a query rule's {key} may only use value and labels"))
         return None
     return compiled
 
@@ -288,6 +280,13 @@ def _compile_rule(
     compiled = _compile_expr(doc, rpath, r.expr, r.query, problems)
     if compiled is None:
         ok = False
+    resolve = None
+    if r.resolve_expr is not None:
+        resolve = _compile_expr(doc, rpath, r.resolve_expr, r.query, problems, "resolve_expr")
+        ok = ok and resolve is not None
+    if r.flapping is not None and r.flapping.window <= timedelta(0):
+        problems.append(doc.problem((*rpath, "flapping", "window"), "window must be positive"))
+        ok = False
     templates = {}
     for name, text in r.annotations.items():
         try:
@@ -318,6 +317,9 @@ def _compile_rule(
         line=doc.line_of(rpath) or 0,
         nodata=r.nodata,
         on_error=r.on_error,
+        resolve_expr=resolve,
+        flap_window=r.flapping.window if r.flapping else timedelta(0),
+        flap_changes=r.flapping.changes if r.flapping else 0,
     )
 
 
@@ -408,7 +410,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
     source_map: dict[str, plugins.SourceOptions | None] = dict.fromkeys(source_names)
     source_map.update({s.name: s for s in sources})
     groups: list[RuleGroup] = []
-    seen_groups: dict[str, str] = {}
+    slos: list[Slo] = []
+    seen_groups: dict[str, tuple[str, str]] = {}
     rules_dir = root / "rules.d"
     if rules_dir.is_dir():
         for path in sorted(rules_dir.glob("*.y*ml")):
@@ -420,7 +423,9 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             if not isinstance(rdoc.data, dict):
                 problems.append(rdoc.problem((), "must be a mapping with a groups: list"))
                 continue
-            groups.extend(_load_rules(rdoc, source_map, problems, seen_groups))
+            file_groups, file_slos = _load_rules(rdoc, source_map, problems, seen_groups)
+            groups.extend(file_groups)
+            slos.extend(file_slos)
     templates: dict[str, CompiledTemplate] = {}
     tdir = root / "templates"
     if tdir.is_dir():
@@ -464,4 +469,53 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         groups=tuple(groups),
         templates=templates,
         files=tuple(files),
+        slos=tuple(slos),
     )
+
+
+def load_rule_files(
+    paths: Iterable[str | os.PathLike[str]], *, placeholder_source: str = "replay"
+) -> tuple[RuleGroup, ...]:
+    """Load rule files on their own (``fsincident test``/``backtest``) with the daemon's validation; every source
+    name is accepted and groups/SLOs without one get ``placeholder_source``. Raises ConfigError, every problem located.
+    """
+
+    problems: list[Problem] = []
+    groups: list[RuleGroup] = []
+    seen_groups: dict[str, tuple[str, str]] = {}
+    for p in paths:
+        path = str(p)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(Problem(path, None, "", f"not UTF-8 text (byte {e.start})"))
+            continue
+        except OSError as e:
+            problems.append(Problem(path, None, "", f"cannot read: {e.strerror or e}"))
+            continue
+        doc = load_yaml(path, text, problems=problems)
+        if doc is None:
+            continue
+        if not isinstance(doc.data, dict):
+            problems.append(doc.problem((), "must be a mapping with a groups: list"))
+            continue
+        # Replays have one source: give groups and SLOs without one a placeholder, and accept every named source.
+        names = {placeholder_source}
+        for section in ("groups", "slos"):
+            items = doc.data.get(section)
+            for item in items if isinstance(items, list) else []:
+                if not isinstance(item, dict):
+                    continue
+                if isinstance(item.get("source"), str):
+                    names.add(item["source"])
+                else:
+                    item.setdefault("source", placeholder_source)
+                rules = item.get("rules") if section == "groups" else None
+                for r in rules if isinstance(rules, list) else []:
+                    if isinstance(r, dict) and isinstance(r.get("source"), str):
+                        names.add(r["source"])
+        file_groups, _slos = _load_rules(doc, dict.fromkeys(names), problems, seen_groups)
+        groups.extend(file_groups)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(groups)

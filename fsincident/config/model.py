@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from datetime import timedelta
@@ -9,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from fsincident.core import Severity
+from fsincident.core import Severity, valid_label_name
 from fsincident.plugins import Duration, LabelMap, Name, Options
 
 TARGET_KINDS = ("channel", "user", "schedule")
@@ -106,9 +107,21 @@ def _alert_name(v: str) -> str:
     return v
 
 
+AlertName = Annotated[str, AfterValidator(_alert_name)]
+
+
+class FlappingOptions(Options):
+    """``flapping:`` of a rule: more than ``changes`` state changes within ``window`` hold the alert open."""
+
+    window: Duration
+    changes: int = Field(ge=2, le=10_000)
+
+
 class RuleOptions(Options):
-    alert: Annotated[str, AfterValidator(_alert_name)]
+    alert: AlertName
     expr: str
+    resolve_expr: str | None = None
+    flapping: FlappingOptions | None = None
     source: Name | None = None
     query: str | None = None
     for_: Duration = Field(timedelta(0), alias="for")
@@ -127,5 +140,55 @@ class GroupOptions(Options):
     rules: list[RuleOptions] = Field(default_factory=list)
 
 
+def _objective(v: float) -> float:
+    if not math.isfinite(v) or not 0 < v < 100:
+        raise ValueError(f"objective must be a percentage between 0 and 100 (exclusive), e.g. 99.9, got {v!r}")
+    return v
+
+
+def _factor(v: float) -> float:
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"factor must be a positive number, got {v!r}")
+    return v
+
+
+def _label_name(v: str) -> str:
+    if not valid_label_name(v):
+        raise ValueError(f"invalid label name {v!r}")
+    return v
+
+
+LabelName = Annotated[str, AfterValidator(_label_name)]
+
+
+class BurnAlertOptions(Options):
+    """One multiwindow burn-rate alert of an SLO: fires when both windows burn faster than ``factor``."""
+
+    long: Duration
+    short: Duration
+    factor: Annotated[float, AfterValidator(_factor)]
+    severity: Severity = Severity.WARNING
+    alert: AlertName | None = None
+
+
+class SloOptions(Options):
+    """One entry of ``slos:``; the loader checks that exactly one indicator is given."""
+
+    name: Name
+    source: Name | None = None
+    objective: Annotated[float, AfterValidator(_objective)]
+    window: Duration = timedelta(days=30)
+    interval: Duration = timedelta(minutes=1)
+    good: str | None = None
+    errors: str | None = None
+    total: str | None = None
+    error_ratio: str | None = None
+    by: list[LabelName] = Field(default_factory=list)
+    labels: LabelMap = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    alerts: list[BurnAlertOptions] | None = None
+
+
 class RuleFileOptions(Options):
     groups: list[GroupOptions] = Field(default_factory=list)
+    slos: list[SloOptions] = Field(default_factory=list)

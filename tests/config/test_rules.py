@@ -24,7 +24,7 @@ R0 = "groups[0].rules[0]"
         ("x > 1 and __import__('os') == 0", f"unknown function '__import__' (available: {FUNCS}) (column 11)"),
         ("1 > 0", "expression reads no metric"),
         ("labels.job == 'api'", "expression reads no metric"),
-        ("x[0] > 1", "subscripts are not allowed; use labels.NAME (column 1)"),
+        ("x[0] > 1", "subscripts are not allowed; use labels.NAME or select('metric{label=\"value\"}') (column 1)"),
         ("x.real > 1", "attribute access is only allowed as labels.NAME (column 1)"),
         ("labels.__class__ == x", "invalid label name '__class__' (column 1)"),
         ("x >> 2 > 1", "'>>' is not allowed (column 1)"),
