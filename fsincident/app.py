@@ -144,7 +144,7 @@ class Daemon:
         self.deliverer.configure(self.notifiers, config.delivery)
         self.renderer = Renderer(config.templates, config.external_url)
         self.routes = routes_of(config)
-        self.evaluator.set_groups(config.groups)
+        self.evaluator.set_groups(config.groups, config.slos)
         await self.evaluator.resolve_removed()
         keep = set()
         for s in config.sources:
@@ -246,6 +246,7 @@ class Daemon:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.evaluator.close()
         await self.sources.close()
         await self.store.close()
         log.info("daemon_stopped")

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
 
 REDACTED = "***"
 
@@ -99,6 +100,36 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
+class SloBudgets:
+    """``fsincident_slo_error_budget_remaining_ratio``: one series per SLO (and per label set of its budget
+    expression's result, when it has several), labelled ``slo``; set from the event loop."""
+
+    NAME = "fsincident_slo_error_budget_remaining_ratio"
+
+    def __init__(self) -> None:
+        self._values: dict[str, dict[Any, float]] = {}
+
+    def set(self, slo: str, series: dict[Any, float]) -> None:
+        """Replace the SLO's series (label mappings to values); never fails."""
+        self._values = {**self._values, slo: {k: float(v) for k, v in series.items()}}
+
+    def keep(self, slos: Iterable[str]) -> None:
+        """Drop the series of SLOs not in ``slos`` (after a reload removed them)."""
+        names = set(slos)
+        self._values = {k: v for k, v in self._values.items() if k in names}
+
+    def collect(self) -> Iterable[Metric]:
+        m = Metric(
+            self.NAME,
+            "Share of the SLO's error budget left over its window (1 = untouched, below 0 = overspent).",
+            "gauge",
+        )
+        for slo, series in sorted(self._values.items()):
+            for labels, value in series.items():
+                m.add_sample(self.NAME, {**dict(labels), "slo": slo}, value)
+        yield m
+
+
 class Metrics:
     """The daemon's own metrics, in a registry of its own (no process-global state)."""
 
@@ -121,6 +152,13 @@ class Metrics:
             "fsincident_rule_series_evaluations_total", "Series evaluated across all rules.", registry=r
         )
         self.alerts = Gauge("fsincident_rule_alerts", "Series per alert state.", ["state"], registry=r)
+        self.flapping = Gauge(
+            "fsincident_rule_flapping_alerts",
+            "Pending or firing series that are flapping (held open instead of resolving and paging again).",
+            registry=r,
+        )
+        self.slo_budget = SloBudgets()
+        r.register(self.slo_budget)  # type: ignore[arg-type]
         self.source_collections = Counter(
             "fsincident_source_collections_total", "Source collections by result.", ["source", "result"], registry=r
         )

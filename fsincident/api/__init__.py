@@ -234,7 +234,8 @@ async def resolve_incident(request: web.Request) -> web.Response:
 
 @scope("read")
 async def rules(request: web.Request) -> web.Response:
-    return web.json_response({"groups": request.app[CTX].evaluator.rules_view()})
+    evaluator = request.app[CTX].evaluator
+    return web.json_response({"groups": evaluator.rules_view(), "slos": evaluator.slos_view()})
 
 
 def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:

@@ -98,7 +98,12 @@ class AlertTransition(SQLModel, table=True):
 
 
 class RuleSeriesState(SQLModel, table=True):
-    """Evaluation's own memory of pending and firing series, so a restart neither re-pages nor forgets."""
+    """Evaluation's own memory of pending and firing series (and of inactive ones with recent condition
+    changes, for flap detection), so a restart neither re-pages nor forgets.
+
+    ``condition`` is the rule's condition at the last evaluation (false while a firing alert is held),
+    ``changes`` the ISO 8601 times of its recent condition changes, ``flapping`` whether it is flapping.
+    """
 
     __tablename__ = "rule_series_state"
     rule: str = Field(primary_key=True, max_length=300)
@@ -110,6 +115,11 @@ class RuleSeriesState(SQLModel, table=True):
     active_since: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     fired_at: datetime | None = _ts()
     last_active: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    condition: bool = Field(default=True, nullable=False, sa_column_kwargs={"server_default": sa.true()})
+    changes: list[str] = Field(
+        default_factory=list, sa_type=sa.JSON, nullable=False, sa_column_kwargs={"server_default": "[]"}
+    )
+    flapping: bool = Field(default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class Outbox(SQLModel, table=True):

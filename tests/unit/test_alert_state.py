@@ -206,3 +206,52 @@ def test_explicit_inactive_state_is_like_none(active):
 def test_refiring_after_resolution_needs_for_again():
     emits, _ = run([(0, True), (60, True), (70, False), (80, True), (100, True), (140, True)], 60, 0)
     assert emits == [Emit.NONE, Emit.FIRING, Emit.RESOLVED, Emit.NONE, Emit.NONE, Emit.FIRING]
+
+
+# ----------------------------------------------------------------------------------------------- flap detection off
+
+
+def legacy_step(prev, active, now, for_, keep_firing_for):
+    """The state machine as it was before flap detection existed (the behaviour flap-off must keep)."""
+    if prev is None:
+        if not active:
+            return None, Emit.NONE
+        if for_ <= timedelta(0):
+            return (AlertState.FIRING, now, now, now), Emit.FIRING
+        return (AlertState.PENDING, now, now, None), Emit.NONE
+    state, since, last, fired = prev
+    if state == AlertState.PENDING:
+        if not active:
+            return None, Emit.NONE
+        if now - since >= for_:
+            return (AlertState.FIRING, since, now, now), Emit.FIRING
+        return (state, since, now, fired), Emit.NONE
+    if active:
+        return (state, since, now, fired), Emit.NONE
+    if keep_firing_for > timedelta(0) and now - last < keep_firing_for:
+        return prev, Emit.NONE
+    return None, Emit.RESOLVED
+
+
+@settings(max_examples=400)
+@given(
+    histories(),
+    durations,
+    durations,
+    st.sampled_from([(0, 0), (0, 4), (300, 0), (-5, 3)]),
+)
+def test_flap_detection_off_equals_the_plain_machine(history, for_, keep, flap):
+    """With ``flap_changes`` 0 or ``flap_window`` 0 the machine behaves exactly as without flap detection."""
+    window, changes = flap
+    new = old = None
+    for t, active in history:
+        now = T0 + t * S
+        new, emit = step(new, active, now, for_ * S, keep * S, flap_window=window * S, flap_changes=changes)
+        old, old_emit = legacy_step(old, active, now, for_ * S, keep * S)
+        assert emit == old_emit
+        if old is None:
+            assert new is None
+        else:
+            assert (new.state, new.active_since, new.last_active, new.fired_at) == old
+            assert new.changes == () and not new.flapping
+            assert new.held == (new.state == AlertState.FIRING and not active)
