@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fsincident import config as config_mod
+from fsincident.cli import ruletools
 from fsincident.core import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -26,6 +27,8 @@ commands:
   db         database migrations (db upgrade)
   token      API tokens (token create --name N --scopes read,ack,admin,ingest)
   incidents  list | show ID | ack ID | resolve ID, through the HTTP API
+  test       run rule unit tests (promtool test rules format); exit 1 on a failure
+  backtest   replay rules over history (CSV or Prometheus): when would alerts have fired?
 
 Client commands find the daemon through --url/--token, else FSINCIDENT_URL/FSINCIDENT_TOKEN,
 else the config's listen address."""
@@ -296,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--url", help="daemon URL (default: $FSINCIDENT_URL or the config's listen address)")
     sp.add_argument("--token", help="API token (default: $FSINCIDENT_TOKEN)")
     sp.set_defaults(fn=cmd_incidents)
+
+    ruletools.register(sub)
     return p
 
 

@@ -21,6 +21,7 @@ from fsincident.core import Labels
 FINE_COLUMNS = 4096
 COARSE_COLUMNS = 2048
 COARSE_FROM = 6 * 3600.0
+STALE_BITS = 0x7FF0000000000002  # Prometheus' staleness marker: a NaN with these bits ends a series at once
 ROW_TTL = 3600.0  # a series silent this long (or the metric's span, if longer) is forgotten
 _UIDS = itertools.count(1)
 

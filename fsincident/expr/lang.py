@@ -18,7 +18,7 @@ import numpy as np
 
 from fsincident.core import parse_duration
 from fsincident.expr import windows
-from fsincident.expr.history import MetricHistory, Table
+from fsincident.expr.history import STALE_BITS, MetricHistory, Table
 from fsincident.expr.vector import (
     AGGREGATIONS,
     DEFAULT_MATCH,
@@ -215,10 +215,27 @@ class MetricRef(Node):
             values = hist.latest()
         else:
             ts, vals = hist.view(ctx.now - ctx.lookback)
-            values = windows.instant(ts, vals, ctx.now, ctx.lookback)
+            values = _unless_stale(ts, vals, ctx.now, ctx.lookback, windows.instant(ts, vals, ctx.now, ctx.lookback))
         v = self.restrict(hist, values, ctx)
         ctx.seen += int(np.count_nonzero(~np.isnan(v.values)))
         return v
+
+
+def _unless_stale(ts: np.ndarray, vals: np.ndarray, end: float, lookback: float, values: np.ndarray) -> np.ndarray:
+    """NaN for rows whose newest entry in the lookback window is a staleness marker (the series ended)."""
+    lo = int(np.searchsorted(ts, end - lookback, side="right"))
+    hi = int(np.searchsorted(ts, end, side="right"))
+    if hi <= lo:
+        return values
+    w = vals[:, lo:hi]
+    stale = w.view(np.uint64) == STALE_BITS
+    if not stale.any():
+        return values
+    k = w.shape[1]
+    has = ~np.isnan(w)
+    last_valid = np.where(has.any(axis=1), k - 1 - has[:, ::-1].argmax(axis=1), -1)
+    last_stale = np.where(stale.any(axis=1), k - 1 - stale[:, ::-1].argmax(axis=1), -1)
+    return np.where(last_stale > last_valid, np.nan, values)
 
 
 @dataclass
