@@ -30,14 +30,16 @@ def test_examples_load():
     assert [s.name for s in cfg.sources] == ["local", "self"]
     assert [(s.name, s.type) for s in cfg.sources] == [("local", "host"), ("self", "scrape")]
     assert cfg.channel("ops-chat").urls == ["json://127.0.0.1:9099/fsincident"]
-    assert [g.name for g in cfg.groups] == ["host", "self"]
-    assert [r.key for r in cfg.rules] == [
+    assert [g.name for g in cfg.groups] == ["host", "self", "fsincident-api"]
+    assert [r.key for r in cfg.rules][:6] == [
         "host/HostHighCPU",
         "host/HostLowMemory",
         "host/HostDiskFull",
+        "host/HostDiskFullSoon",
         "host/HostHighLoad",
         "self/FsincidentDeliveryFailing",
     ]
+    assert [s.name for s in cfg.slos] == ["fsincident-api"]
     assert (cfg.host, cfg.port) == ("127.0.0.1", 9095)
     assert cfg.files[0] == str(EXAMPLES / "fsincident.yaml")
 
@@ -52,8 +54,21 @@ def test_examples_check_cli():
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"ok: 2 sources, 1 channels, 2 routes, 2 rule groups, 5 rules ({EXAMPLES})\n"
+    assert proc.stdout == f"ok: 2 sources, 1 channels, 2 routes, 3 rule groups, 10 rules ({EXAMPLES})\n"
     assert proc.stderr == ""
+
+
+def test_example_rule_tests_pass():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fsincident", "test", str(EXAMPLES / "tests" / "host_test.yml")],
+        capture_output=True,
+        text=True,
+        env=_cli_env(),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS (6 alert tests)" in proc.stdout
 
 
 def test_full_config_values(conf: ConfDir):
