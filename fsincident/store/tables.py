@@ -47,6 +47,15 @@ class Incident(SQLModel, table=True):
     acknowledged_by: str | None = Field(default=None, max_length=200)
     resolved_at: datetime | None = _ts()
     resolved_by: str | None = Field(default=None, max_length=200)
+    # Escalation (issue #5): the policy fixed at creation, the next step to run and when it is due.
+    # ``esc_due_at`` NULL = nothing scheduled; ``esc_reason`` says what is due: step | ack_timeout | auto_resolve.
+    escalation_policy: str | None = Field(default=None, max_length=200)
+    esc_step: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    esc_loop: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    esc_started_at: datetime | None = _ts()
+    esc_due_at: datetime | None = _ts(index=True)
+    esc_reason: str | None = Field(default=None, max_length=20)
+    resolve_due_at: datetime | None = _ts(index=True)
 
 
 class Alert(SQLModel, table=True):
@@ -165,3 +174,38 @@ class SourceState(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=300)
     value: Any = Field(default=None, sa_type=sa.JSON, nullable=True)
     updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class ScheduleOverride(SQLModel, table=True):
+    """``who`` is on call for ``schedule`` from ``starts_at`` to ``ends_at`` (instead of ``replaces`` only, if set)."""
+
+    __tablename__ = "schedule_override"
+    id: int | None = Field(default=None, primary_key=True)
+    schedule: str = Field(max_length=200, index=True)
+    who: str = Field(max_length=200)
+    replaces: str | None = Field(default=None, max_length=200)
+    starts_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    ends_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    note: str | None = Field(default=None, max_length=2000)
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class ScheduleState(SQLModel, table=True):
+    """Per schedule: the last handoff whose notice was queued (so a restart neither repeats nor skips one)."""
+
+    __tablename__ = "schedule_state"
+    schedule: str = Field(primary_key=True, max_length=200)
+    last_handoff_at: datetime | None = _ts()
+
+
+class AuditLog(SQLModel, table=True):
+    """Who changed what outside an incident's timeline (overrides, silences, tokens)."""
+
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=60)
+    object: str = Field(max_length=300)
+    data: dict[str, Any] = _json()
