@@ -15,9 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import latency, memory, push, sources  # noqa: E402
+from benchmarks import eval as eval_suite  # noqa: E402
+from benchmarks import latency, memory, oncall, push, sources  # noqa: E402
 
-SUITES = [("latency", latency.run), ("memory", memory.run), ("sources", sources.run), ("push", push.run)]
+SUITES = [
+    ("latency", latency.run),
+    ("memory", memory.run),
+    ("sources", sources.run),
+    ("push", push.run),
+    ("eval", eval_suite.run),
+    ("oncall", oncall.run),
+]
 
 
 def _git_rev() -> str | None:

@@ -1,7 +1,9 @@
 """Label matchers (``=``, ``!=``, ``=~``, ``!~``) and PromQL-style series selectors ``metric{a="b", c=~"x.*"}``.
 
 Shared by rule selectors, the rule test runner, and later by routes, silences and inhibition. Regular
-expressions are fully anchored, as in Prometheus: ``job=~"api"`` matches ``api`` only, not ``api2``.
+expressions are fully anchored, as in Prometheus: ``job=~"api"`` matches ``api`` only, not ``api2``. They use
+RE2 (google-re2), the engine Prometheus uses: matching is linear in the input, so no pattern (``(a+)+b``) can
+hang the evaluator; backreferences and lookarounds are refused like in Prometheus; ``.`` matches newlines.
 """
 
 from __future__ import annotations
@@ -10,10 +12,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import re2
+
 from fsincident.core import FsIncidentError
 
 OPS = ("=~", "!~", "!=", "=")
 MAX_SELECTOR = 4096
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are reported to the user, not to stderr
+_RE2_OPTIONS.dot_nl = True  # like Prometheus' (?s)
+_RE2_OPTIONS.max_mem = 8 << 20  # a huge pattern fails to compile instead of taking memory
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -34,7 +43,7 @@ class Matcher:
     name: str
     op: str
     value: str
-    _re: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _re: re2._Regexp | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def make(cls, name: str, op: str, value: str) -> Matcher:
@@ -44,9 +53,10 @@ class Matcher:
         rx = None
         if op in ("=~", "!~"):
             try:
-                rx = re.compile(f"(?:{value})\\Z", re.DOTALL)
-            except re.error as e:
-                raise MatcherError(f"invalid regular expression {value!r} for label {name!r}: {e}") from None
+                rx = re2.compile(value, _RE2_OPTIONS)
+            except re2.error as e:
+                reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+                raise MatcherError(f"invalid regular expression {value!r} for label {name!r}: {reason}") from None
         return cls(name, op, value, rx)
 
     def matches(self, value: str) -> bool:
@@ -55,7 +65,7 @@ class Matcher:
             return value == self.value
         if self.op == "!=":
             return value != self.value
-        hit = self._re.match(value) is not None  # type: ignore[union-attr]
+        hit = self._re.fullmatch(value) is not None  # type: ignore[union-attr]
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
