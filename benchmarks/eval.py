@@ -394,7 +394,9 @@ def in_process(
     tag = "eval_wide" if wide else "eval"
     rss_start = rss_mib(os.getpid())  # the interpreter, numpy and fsincident imported, rules loaded
     data = WideData() if wide else Data()
-    gc.collect()
+    from fsincident.obs import tune_gc
+
+    tune_gc()  # what the daemon does at start
     rss0 = rss_mib(os.getpid())
     rs = RuleSet(rules)
     ingest_s: list[float] = []

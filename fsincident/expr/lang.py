@@ -427,12 +427,16 @@ class Window(Node):
             v = self.ref.restrict(hist, hist.seen_before(end - self.window), ctx)
             ctx.seen += len(v.values)
             return v
-        if self.name == "offset":
-            step = float(np.median(np.diff(ts))) if len(ts) > 2 else 0.0
-            lookback = max(ctx.lookback or 0.0, DEFAULT_LOOKBACK, 2 * step)
-            values = windows.instant(ts, vals, end, lookback)
-        else:
-            values = windows.KERNELS[self.name](ts, vals, end, self.window, *self.extra)
+        key = (hist.table.uid, hist.table.version, hist.last_at, self.name, self.window, self.offset, self.extra)
+        values = ctx.cache.result(ctx.now, key)
+        if values is None:
+            if self.name == "offset":
+                step = float(np.median(np.diff(ts))) if len(ts) > 2 else 0.0
+                lookback = max(ctx.lookback or 0.0, DEFAULT_LOOKBACK, 2 * step)
+                values = windows.instant(ts, vals, end, lookback)
+            else:
+                values = windows.KERNELS[self.name](ts, vals, end, self.window, *self.extra)
+            ctx.cache.keep(ctx.now, key, values)
         v = self.ref.restrict(hist, np.asarray(values, dtype=np.float64), ctx)
         ctx.seen += int(np.count_nonzero(~np.isnan(v.values)))
         return v

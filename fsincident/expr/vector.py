@@ -88,19 +88,50 @@ class LabelFilter:
 
 
 class Caches:
-    """A bounded memo shared by all rules of a RuleSet (keys include table uid/version and presence)."""
+    """Bounded memos shared by all rules of a RuleSet.
 
-    def __init__(self, limit: int = 4096):
+    ``get``/``put`` hold derived structures whose keys include table uid/version and presence (join maps, masks,
+    groupings), within a byte budget; ``result``/``keep`` hold window-function results for one evaluation instant,
+    so rules (and ``resolve_expr``) that compute the same window at the same time compute it once.
+    """
+
+    def __init__(self, limit: int = 4096, budget: int = 128 << 20):
         self._d: dict[Hashable, Any] = {}
         self.limit = limit
+        self.budget = budget
+        self._bytes = 0
+        self._now: float | None = None
+        self._results: dict[Hashable, Any] = {}
 
     def get(self, key: Hashable) -> Any:
         return self._d.get(key)
 
     def put(self, key: Hashable, value: Any) -> None:
-        if len(self._d) >= self.limit:
+        size = _nbytes(value)
+        if len(self._d) >= self.limit or self._bytes + size > self.budget:
             self._d.clear()
+            self._bytes = 0
         self._d[key] = value
+        self._bytes += size
+
+    def result(self, now: float, key: Hashable) -> Any:
+        return self._results.get(key) if now == self._now else None
+
+    def keep(self, now: float, key: Hashable, value: Any) -> None:
+        if now != self._now:
+            self._results.clear()
+            self._now = now
+        self._results[key] = value
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value) + 64
+    if isinstance(value, Table):
+        return 64 * len(value) + 64
+    return 64
 
 
 def _pair_key(kind: str, a: Vector, b: Vector, match: Match) -> tuple:
