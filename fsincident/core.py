@@ -166,13 +166,14 @@ class Sample:
 
 @dataclass(frozen=True)
 class Routed:
-    """Where routing sends an alert: its group's key and labels, the targets, and auto-resolve."""
+    """Where routing sends an alert: its group's key and labels, the targets, auto-resolve and escalation policy."""
 
     route: int
     group_key: str
     group_labels: dict[str, str]
     targets: tuple[str, ...]
     auto_resolve: bool = True
+    escalation_policy: str | None = None
 
 
 # --------------------------------------------------------------------------- time

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from fsincident import plugins
 from fsincident.appriseurl import check_apprise_url
 from fsincident.config.model import (
-    TARGET_KINDS,
+    ContactOptions,
     DaemonOptions,
     DeliveryOptions,
     GroupOptions,
@@ -25,6 +25,16 @@ from fsincident.config.model import (
     RuleFileOptions,
     RuleOptions,
     UserOptions,
+)
+from fsincident.config.oncall import (
+    EscalationPolicy,
+    Layer,
+    Restriction,
+    Schedule,
+    Step,
+    check_targets,
+    load_policies,
+    load_schedules,
 )
 from fsincident.config.rule import DEFAULT_INTERVAL, Rule, RuleGroup
 from fsincident.config.slo import Slo, load_slos
@@ -36,13 +46,22 @@ from fsincident.sandbox import CompiledTemplate, TemplateProblem
 MAIN_FILE = "fsincident.yaml"
 TEMPLATE_NAMES = ("title", "message")
 
+Contact = ContactOptions
+"""One contact method of a user: ``url``, ``after`` (timedelta) and ``urgency`` (high|low|any)."""
+
 __all__ = [
     "DEFAULT_INTERVAL",
     "Config",
     "ConfigError",
+    "Contact",
+    "EscalationPolicy",
+    "Layer",
+    "Restriction",
     "Rule",
     "RuleGroup",
+    "Schedule",
     "Slo",
+    "Step",
     "default_database",
     "load",
     "load_rule_files",
@@ -68,6 +87,8 @@ class Config:
     files: tuple[str, ...] = field(default=())
     slos: tuple[Slo, ...] = field(default=())
     """SLOs; each one's burn-rate rules are also in ``groups`` (a group named after the SLO)."""
+    schedules: tuple[Schedule, ...] = field(default=())
+    escalation_policies: tuple[EscalationPolicy, ...] = field(default=())
 
     @property
     def host(self) -> str:
@@ -92,6 +113,19 @@ class Config:
 
     def slo(self, name: str) -> Slo | None:
         return next((s for s in self.slos if s.name == name), None)
+
+    def schedule(self, name: str) -> Schedule | None:
+        """The schedule called ``name``, or None when there is none."""
+        return next((s for s in self.schedules if s.name == name), None)
+
+    def policy(self, name: str) -> EscalationPolicy | None:
+        """The escalation policy called ``name``, or None when there is none."""
+        return next((p for p in self.escalation_policies if p.name == name), None)
+
+    def contacts(self, user_name: str) -> tuple[Contact, ...]:
+        """The user's contact methods in config order; empty for an unknown user."""
+        u = self.user(user_name)
+        return tuple(u.contacts) if u is not None else ()
 
 
 def default_database() -> str:
@@ -150,18 +184,15 @@ def _kind_options(
     return out
 
 
-def _check_targets(
-    doc: Document, path: tuple, targets: list[Any], channels: set[str], users: set[str], problems: list[Problem]
-) -> None:
-    for j, t in enumerate(targets):
-        kind, _, name = t.partition(":") if isinstance(t, str) else ("", "", "")
-        if kind not in TARGET_KINDS or not name:
-            continue  # not a target at all: the model reports it
-        known = {"channel": channels, "user": users}.get(kind)
-        if known is None:
-            problems.append(doc.problem((*path, j), f"{kind} targets are not supported yet"))
-        elif name not in known:
-            problems.append(doc.problem((*path, j), f"unknown {kind} {name!r}"))
+def _check_contacts(doc: Document, i: int, contacts: Any, problems: list[Problem]) -> None:
+    # Checked on the raw items, so a URL problem is found even when another key of the user is wrong.
+    for j, c in enumerate(contacts if isinstance(contacts, list) else []):
+        url, path = (c, ("users", i, "contacts", j)) if isinstance(c, str) else (None, ())
+        if isinstance(c, dict) and isinstance(c.get("url"), str):
+            url, path = c["url"], ("users", i, "contacts", j, "url")
+        msg = check_apprise_url(url) if url is not None else None
+        if msg:
+            problems.append(doc.problem(path, msg))
 
 
 def _split(data: Any, key: str) -> tuple[Any, list[Any] | None]:
@@ -349,6 +380,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         doc = Document(str(main), {}, {(): 1})
     options = None
     users: list[UserOptions] = []
+    schedules: list[Schedule] = []
+    policies: list[EscalationPolicy] = []
     routes: list[RouteOptions] = []
     sources: list[plugins.SourceOptions] = []
     channels: list[plugins.ChannelOptions] = []
@@ -359,7 +392,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         else:
             # Settings and each item of the list sections are validated separately: one bad item hides nothing.
             data, lists = dict(doc.data), {}
-            for section in ("sources", "channels", "users", "routes"):
+            for section in ("sources", "channels", "users", "schedules", "escalation_policies", "routes"):
                 data, lists[section] = _split(data, section)
             try:
                 options = DaemonOptions.model_validate(data)
@@ -382,17 +415,18 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
                 except ValidationError as e:
                     problems.extend(pydantic_problems(doc, ("users", i), e))
                     u = None
-                contacts = u.contacts if u is not None else raw.get("contacts") if isinstance(raw, dict) else None
-                for j, url in enumerate(contacts if isinstance(contacts, list) else []):
-                    msg = check_apprise_url(url) if isinstance(url, str) else None
-                    if msg:
-                        problems.append(doc.problem(("users", i, "contacts", j), msg))
+                _check_contacts(doc, i, raw.get("contacts") if isinstance(raw, dict) else None, problems)
                 if u is None:
                     continue
                 if u.name in seen_users:
                     problems.append(doc.problem(("users", i, "name"), f"duplicate user name {u.name!r}"))
                 seen_users.add(u.name)
                 users.append(u)
+            schedule_names: set[str] = set()
+            schedules = load_schedules(doc, lists["schedules"] or [], user_names, schedule_names, problems)
+            known = {"channel": channel_names, "user": user_names, "schedule": schedule_names}
+            policy_names: set[str] = set()
+            policies = load_policies(doc, lists["escalation_policies"] or [], known, policy_names, problems)
             for i, raw in enumerate(lists["routes"] or []):
                 try:
                     route = RouteOptions.model_validate(raw)
@@ -400,10 +434,17 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
                     problems.extend(pydantic_problems(doc, ("routes", i), e))
                     notify = raw.get("notify") if isinstance(raw, dict) else None
                     if isinstance(notify, list):
-                        _check_targets(doc, ("routes", i, "notify"), notify, channel_names, user_names, problems)
+                        check_targets(doc, ("routes", i, "notify"), notify, known, problems)
                     continue
                 routes.append(route)
-                _check_targets(doc, ("routes", i, "notify"), route.notify, channel_names, user_names, problems)
+                check_targets(doc, ("routes", i, "notify"), route.notify, known, problems)
+                if route.escalation_policy is not None and route.escalation_policy not in policy_names:
+                    problems.append(
+                        doc.problem(
+                            ("routes", i, "escalation_policy"),
+                            f"unknown escalation policy {route.escalation_policy!r}",
+                        )
+                    )
                 for j, name in enumerate(route.group_by or []):
                     if name != "..." and not name.isidentifier():
                         problems.append(doc.problem(("routes", i, "group_by", j), f"invalid label name {name!r}"))
@@ -470,6 +511,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         templates=templates,
         files=tuple(files),
         slos=tuple(slos),
+        schedules=tuple(schedules),
+        escalation_policies=tuple(policies),
     )
 
 

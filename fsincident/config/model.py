@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import zoneinfo
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -18,10 +18,10 @@ TARGET_KINDS = ("channel", "user", "schedule")
 
 def _target(v: str) -> str:
     if not isinstance(v, str) or ":" not in v:
-        raise ValueError(f"invalid target {v!r}: write channel:NAME or user:NAME")
+        raise ValueError(f"invalid target {v!r}: write channel:NAME, user:NAME or schedule:NAME")
     kind, _, name = v.partition(":")
     if kind not in TARGET_KINDS or not name:
-        raise ValueError(f"invalid target {v!r}: write channel:NAME or user:NAME")
+        raise ValueError(f"invalid target {v!r}: write channel:NAME, user:NAME or schedule:NAME")
     return v
 
 
@@ -71,15 +71,138 @@ class DeliveryOptions(Options):
     lease: Duration = timedelta(minutes=2)
 
 
+TimeZone = Annotated[str, AfterValidator(_tz)]
+
+URGENCIES = ("high", "low", "any")
+
+
+class ContactOptions(Options):
+    """One contact method of a user: an apprise URL, how long after the page, and for which urgency."""
+
+    url: str
+    after: Duration = timedelta(0)
+    urgency: Literal["high", "low", "any"] = "any"
+
+    def applies(self, urgency: str) -> bool:
+        """True when this method is used for a page of ``urgency`` (``high``/``low``); never fails."""
+        return self.urgency == "any" or self.urgency == urgency
+
+
+def _contact(v: Any) -> Any:
+    if isinstance(v, str):
+        return {"url": v}
+    if not isinstance(v, dict | ContactOptions):
+        raise ValueError("a contact is an apprise URL or a mapping {url, after, urgency}")
+    return v
+
+
+Contact = Annotated[ContactOptions, BeforeValidator(_contact)]
+
+
 class UserOptions(Options):
     name: Name
-    timezone: Annotated[str, AfterValidator(_tz)] = "UTC"
-    contacts: list[str] = Field(default_factory=list)
+    timezone: TimeZone = "UTC"
+    contacts: list[Contact] = Field(default_factory=list)
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+_DAY_NAMES = {*WEEKDAYS, "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
+_HANDOFF = re.compile(r"^(?:([A-Za-z]+)\s+)?(\S+)$")
+_YAML_NUMBER = 'write the time in quotes, e.g. "10:00" (YAML reads an unquoted 10:00 as a number)'
+
+
+def _clock(v: Any) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        raise ValueError(f"invalid time {v!r}: {_YAML_NUMBER}")
+    if isinstance(v, str) and not _CLOCK.match(v.strip()):
+        raise ValueError(f"invalid time {v!r}: write HH:MM, e.g. 09:00")
+    return v.strip() if isinstance(v, str) else v
+
+
+def _handoff(v: Any) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        raise ValueError(f"invalid handoff {v!r}: {_YAML_NUMBER}")
+    if isinstance(v, str):
+        m = _HANDOFF.match(v.strip())
+        if not m or not _CLOCK.match(m.group(2)) or (m.group(1) and m.group(1).lower() not in _DAY_NAMES):
+            raise ValueError(f'invalid handoff {v!r}: write HH:MM or DAY HH:MM, e.g. "09:00" or "Mon 09:00"')
+        return " ".join(v.split())
+    return v
+
+
+ClockTime = Annotated[str, BeforeValidator(_clock)]
+"""A local wall-clock time written ``HH:MM`` (24 h)."""
+
+Handoff = Annotated[str, BeforeValidator(_handoff)]
+"""``HH:MM`` or ``DAY HH:MM`` (``Mon`` .. ``Sun``)."""
+
+
+def _weekday(v: Any) -> Any:
+    if isinstance(v, str) and v.strip().lower() in _DAY_NAMES:
+        return v.strip().lower()[:3]
+    if isinstance(v, str):
+        raise ValueError(f"invalid day {v!r}: write mon, tue, wed, thu, fri, sat or sun")
+    return v
+
+
+Weekday = Annotated[str, BeforeValidator(_weekday)]
+
+
+class RestrictionOptions(Options):
+    """A window in which a layer is active: on each of ``days``, local time ``from`` to ``to`` (to <= from:
+    the window runs past midnight into the next day; from == to: 24 hours)."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    from_: ClockTime = Field(alias="from")
+    to: ClockTime
+
+
+DEFAULT_LAYER_START = date(2024, 1, 1)
+"""The ``start`` of a layer that names none (a Monday): the rotation is counted from there."""
+
+
+class LayerOptions(Options):
+    """One layer of a schedule; the loader checks that exactly one of ``rotation``/``every`` is given."""
+
+    rotation: Literal["daily", "weekly"] | None = None
+    every: Duration | None = None
+    handoff: Handoff
+    start: date = DEFAULT_LAYER_START
+    users: list[Name] = Field(min_length=1)
+    restrictions: list[RestrictionOptions] = Field(default_factory=list)
+
+
+class ScheduleOptions(Options):
+    """One entry of ``schedules:``; each of ``layers`` is validated on its own as a LayerOptions."""
+
+    name: Name
+    timezone: TimeZone
+    layers: list[Any] = Field(min_length=1)
+
+
+class StepOptions(Options):
+    """One step of an escalation policy: ``after`` the start of the pass, page ``notify``."""
+
+    after: Duration = timedelta(0)
+    notify: list[Target] = Field(min_length=1)
+
+
+class EscalationPolicyOptions(Options):
+    """One entry of ``escalation_policies:``; each of ``steps`` is validated on its own as a StepOptions."""
+
+    name: Name
+    repeat: int = Field(0, ge=0, le=20)
+    repeat_after: Duration | None = None
+    ack_timeout: Duration | None = None
+    auto_resolve_after: Duration | None = None
+    steps: list[Any] = Field(min_length=1)
 
 
 class RouteOptions(Options):
     match: LabelMap = Field(default_factory=dict)
     notify: list[Target] = Field(default_factory=list)
+    escalation_policy: Name | None = None
     group_by: list[str] | None = None
     auto_resolve: bool = True
 
@@ -95,6 +218,8 @@ class DaemonOptions(Options):
     sources: list[dict[str, Any]] = Field(default_factory=list)
     channels: list[dict[str, Any]] = Field(default_factory=list)
     users: list[UserOptions] = Field(default_factory=list)
+    schedules: list[ScheduleOptions] = Field(default_factory=list)
+    escalation_policies: list[EscalationPolicyOptions] = Field(default_factory=list)
     routes: list[RouteOptions] = Field(default_factory=list)
 
 

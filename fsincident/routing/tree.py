@@ -1,4 +1,4 @@
-"""The route list: first match wins; a route names its targets, its grouping and auto-resolve."""
+"""The route list: first match wins; a route names its targets, escalation policy, grouping and auto-resolve."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class Route:
     notify: tuple[str, ...]
     group_by: tuple[str, ...] | None  # None or ('...',): every label
     auto_resolve: bool = True
+    escalation_policy: str | None = None
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(labels.get(k, "") == v for k, v in self.match.items())
@@ -51,4 +52,4 @@ def group_key(route: Route, labels: Mapping[str, str]) -> str:
 def route(routes: Sequence[Route], labels: Mapping[str, str]) -> Routed:
     """Select the route for ``labels`` and compute its group."""
     r = select(routes, labels)
-    return Routed(r.index, group_key(r, labels), group_labels(r, labels), r.notify, r.auto_resolve)
+    return Routed(r.index, group_key(r, labels), group_labels(r, labels), r.notify, r.auto_resolve, r.escalation_policy)

@@ -9,6 +9,7 @@ from fsincident import plugins
 from .conftest import ConfDir
 
 DURATION_HINT = "(use e.g. 30s, 5m, 1h30m, 1d)"
+TARGET_HINT = "write channel:NAME, user:NAME or schedule:NAME"
 
 
 @pytest.mark.parametrize(
@@ -194,9 +195,9 @@ def test_route_targets(conf: ConfDir):
     assert conf.problems() == [
         f"{conf.main}:9: routes[0].notify[1]: unknown channel 'nope'",
         f"{conf.main}:11: routes[0].notify[3]: unknown user 'nope'",
-        f"{conf.main}:12: routes[0].notify[4]: schedule targets are not supported yet",
-        f"{conf.main}:13: routes[0].notify[5]: invalid target 'pager:x': write channel:NAME or user:NAME",
-        f"{conf.main}:14: routes[0].notify[6]: invalid target 'ops': write channel:NAME or user:NAME",
+        f"{conf.main}:12: routes[0].notify[4]: unknown schedule 'x'",
+        f"{conf.main}:13: routes[0].notify[5]: invalid target 'pager:x': {TARGET_HINT}",
+        f"{conf.main}:14: routes[0].notify[6]: invalid target 'ops': {TARGET_HINT}",
         f"{conf.main}:15: routes[1].notify[0]: unknown channel 'nope2'",
     ]
 
