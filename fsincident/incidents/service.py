@@ -7,15 +7,24 @@ the outbox rows of the notifications it causes, so a crash loses no page and no 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from fsincident.core import Clock, FsIncidentError, IncidentState, Routed, Severity, isoformat
+from fsincident.core import (
+    Clock,
+    FsIncidentError,
+    IncidentState,
+    Routed,
+    Severity,
+    ensure_utc,
+    format_duration,
+    isoformat,
+)
 from fsincident.incidents import state as transitions
 from fsincident.obs import Metrics, get_logger
 from fsincident.store import Store
@@ -29,6 +38,26 @@ RouteFn = Callable[[dict[str, str]], Routed]
 
 SYSTEM_ACTOR = "fsincident"
 BATCH = 200
+ESCALATING = "step"  # ``incident.esc_reason`` while the escalation module pages the incident's policy steps
+ACK_TIMEOUT = "ack_timeout"
+AUTO_RESOLVE_NOTE = "auto-resolve timeout"
+
+
+class EscalationHooks(Protocol):
+    """What the incidents stage asks the escalation stage (``escalation.service.EscalationService``): the
+    incident columns to store when an incident on a policy route opens, re-triggers or is acknowledged, and
+    the pages for a route's own targets (schedules resolved to the on-call user, users to their contact
+    methods), resolved inside the incidents transaction ``s``."""
+
+    def opened(self, policy: str, now: datetime) -> dict[str, Any] | None: ...
+
+    def restarted(self, policy: str, now: datetime) -> dict[str, Any] | None: ...
+
+    def acknowledged(self, policy: str, now: datetime) -> dict[str, Any]: ...
+
+    async def page_targets(
+        self, s: AsyncSession, targets: Iterable[str], severity: str, now: datetime
+    ) -> tuple[list[tuple[str, int, timedelta]], list[tuple[str, str]], list[str]]: ...
 
 
 class NotFound(FsIncidentError):
@@ -56,6 +85,22 @@ def incident_dict(inc: Incident) -> dict[str, Any]:
         "resolved_by": inc.resolved_by,
         "targets": inc.targets,
         "auto_resolve": inc.auto_resolve,
+        "escalation_policy": inc.escalation_policy,
+        "escalation": _escalation_dict(inc),
+        "auto_resolve_at": isoformat(inc.resolve_due_at),
+    }
+
+
+def _escalation_dict(inc: Incident) -> dict[str, Any] | None:
+    """Where the incident's policy stands: the next step (0-based ``step`` of pass ``loop``) and what is due when."""
+    if not inc.escalation_policy:
+        return None
+    return {
+        "step": inc.esc_step,
+        "loop": inc.esc_loop,
+        "pass_started_at": isoformat(inc.esc_started_at),
+        "due_at": isoformat(inc.esc_due_at),
+        "due": inc.esc_reason if inc.esc_due_at is not None else None,
     }
 
 
@@ -99,6 +144,8 @@ class IncidentService:
         destinations: DestinationsFn,
         route: RouteFn,
         kick_delivery: Callable[[], None] = lambda: None,
+        escalation: EscalationHooks | None = None,
+        kick_escalation: Callable[[], None] = lambda: None,
     ):
         self.store = store
         self.clock = clock
@@ -107,12 +154,16 @@ class IncidentService:
         self.destinations = destinations
         self.kick_delivery = kick_delivery
         self.route = route
+        self.escalation = escalation
+        self.kick_escalation = kick_escalation
         self._gauges_at = 0.0
+        self._escalate = False  # set when a committed change starts or restarts a policy: kick the module
 
     # ------------------------------------------------------------------ the engine module
 
     async def tick(self, now: datetime) -> bool:
-        """Process a batch of alert transitions in id order; True when there was work."""
+        """Process a batch of alert transitions in id order, then due ack timeouts and auto-resolves; True when
+        there was work."""
         notified = False
         async with self.store.session() as s:
             q = (
@@ -133,9 +184,76 @@ class IncidentService:
                 s.add(tr)
         if notified:
             self.kick_delivery()
-        if rows or time.monotonic() - self._gauges_at > 5:
+        self._kick_escalation()
+        timers = await self._timers(now)
+        if rows or timers or time.monotonic() - self._gauges_at > 5:
             await self._update_gauges()
-        return bool(rows)
+        return bool(rows) or timers
+
+    def _kick_escalation(self) -> None:
+        if self._escalate:
+            self._escalate = False
+            self.kick_escalation()
+
+    async def sleep_hint(self, now: datetime) -> float | None:
+        """Seconds until the earliest ack timeout or auto-resolve is due; None when none is."""
+        async with self.store.session() as s:
+            ack = (
+                await s.exec(
+                    select(sa.func.min(Incident.esc_due_at)).where(
+                        col(Incident.esc_reason) == ACK_TIMEOUT,
+                        col(Incident.state) == IncidentState.ACKNOWLEDGED.value,
+                    )
+                )
+            ).one()
+            res = (
+                await s.exec(select(sa.func.min(Incident.resolve_due_at)).where(col(Incident.open_key).is_not(None)))
+            ).one()
+        due = [d for d in (ensure_utc(ack), ensure_utc(res)) if d is not None]
+        return (min(due) - now).total_seconds() if due else None
+
+    # ------------------------------------------------------------------ timers
+
+    async def _timers(self, now: datetime) -> bool:
+        """Re-trigger incidents whose ack timed out and resolve those whose auto-resolve time came; True if any."""
+        due = sa.or_(
+            sa.and_(
+                col(Incident.esc_reason) == ACK_TIMEOUT,
+                col(Incident.esc_due_at) <= now,
+                col(Incident.state) == IncidentState.ACKNOWLEDGED.value,
+            ),
+            sa.and_(col(Incident.resolve_due_at) <= now, col(Incident.open_key).is_not(None)),
+        )
+        async with self.store.session() as s:
+            ids = list((await s.exec(select(Incident.id).where(due).order_by(col(Incident.id)).limit(BATCH))).all())
+        did = False
+        for iid in ids:
+            notified = False
+            async with self.store.session() as s:
+                q = select(Incident).where(Incident.id == iid, due)
+                if not self.store.is_sqlite:
+                    q = q.with_for_update(skip_locked=True)
+                inc = (await s.exec(q)).first()
+                if inc is None:
+                    continue  # acted on meanwhile (or locked by another instance that acts on it)
+                resolve_at = ensure_utc(inc.resolve_due_at)
+                if resolve_at is not None and resolve_at <= now:
+                    decision = transitions.resolve(IncidentState(inc.state))
+                    notified = await self._apply(s, inc, decision, now, SYSTEM_ACTOR, AUTO_RESOLVE_NOTE, {})
+                    log.info("incident_auto_resolved", incident_id=iid)
+                else:
+                    decision = transitions.Decision(IncidentState.TRIGGERED, (ACK_TIMEOUT,), "trigger")
+                    acked_at, acked_by = ensure_utc(inc.acknowledged_at), inc.acknowledged_by
+                    waited = format_duration(now - acked_at) if acked_at else "the ack timeout"
+                    note = f"not resolved {waited} after the acknowledgement by {acked_by}; paging again"
+                    data = {"acknowledged_by": acked_by, "acknowledged_at": isoformat(acked_at)}
+                    notified = await self._apply(s, inc, decision, now, SYSTEM_ACTOR, note, data)
+                    log.info("incident_ack_timeout", incident_id=iid, actor=acked_by)
+                did = True
+            if notified:
+                self.kick_delivery()
+            self._kick_escalation()
+        return did
 
     async def _fired(self, s: AsyncSession, tr: AlertTransition, now: datetime) -> bool:
         routed = self.route(tr.labels)
@@ -160,6 +278,11 @@ class IncidentService:
                 created_at=now,
                 updated_at=now,
             )
+            if routed.escalation_policy and self.escalation is not None:
+                # The escalation module pages the policy's steps; an unknown policy (a route and policy removed
+                # by a reload in between) falls back to paging the route's own targets.
+                for k, v in (self.escalation.opened(routed.escalation_policy, now) or {}).items():
+                    setattr(inc, k, v)
             s.add(inc)
             await s.flush()
             decision = transitions.open_incident()
@@ -246,6 +369,7 @@ class IncidentService:
             log.info("incident_" + decision.events[-1], incident_id=incident_id, actor=by)
         if notified:
             self.kick_delivery()
+        self._kick_escalation()
         return out
 
     # ------------------------------------------------------------------ shared
@@ -271,10 +395,11 @@ class IncidentService:
             inc.resolved_at, inc.resolved_by, inc.open_key = now, actor, None
         if decision.state == IncidentState.TRIGGERED and prev == IncidentState.ACKNOWLEDGED.value:
             inc.acknowledged_at, inc.acknowledged_by = None, None
+        self._escalation_columns(inc, prev, decision.state, now)
         s.add(inc)
         last_event: IncidentEvent | None = None
         for kind in decision.events:
-            manual = kind in ("acknowledged", "resolved")
+            manual = kind in ("acknowledged", "resolved", ACK_TIMEOUT)
             ev = IncidentEvent(
                 incident_id=inc.id,  # type: ignore[arg-type]
                 at=now,
@@ -287,21 +412,42 @@ class IncidentService:
             last_event = ev
             self.metrics.incident_events.labels(kind).inc()
         await s.flush()
-        if decision.state != IncidentState.TRIGGERED:
+        if decision.state != IncidentState.TRIGGERED and decision.state.value != prev:
             # Pages not yet sent are pointless once someone acted or the problem went away.
             await self._cancel_pending_pages(s, inc, now)
         if decision.notify is None:
             return False
+        if decision.notify == "trigger" and inc.esc_reason == ESCALATING:
+            self._escalate = True
+            return False  # the escalation module pages the policy's steps, starting now
         return await self._enqueue(s, inc, decision.notify, now, actor, note, last_event)
 
+    def _escalation_columns(self, inc: Incident, prev: str, state: IncidentState, now: datetime) -> None:
+        """Keep the escalation state in step with the incident's: an ack stops the steps (leaving only the ack
+        timeout), a re-trigger starts the policy again at step 0, a resolve clears everything."""
+        if state == IncidentState.RESOLVED:
+            inc.esc_due_at, inc.esc_reason, inc.resolve_due_at = None, None, None
+            return
+        if not inc.escalation_policy or self.escalation is None:
+            return
+        fields: dict[str, Any] | None = None
+        if state == IncidentState.ACKNOWLEDGED and prev != IncidentState.ACKNOWLEDGED.value:
+            fields = self.escalation.acknowledged(inc.escalation_policy, now)
+        elif state == IncidentState.TRIGGERED and prev == IncidentState.ACKNOWLEDGED.value:
+            fields = self.escalation.restarted(inc.escalation_policy, now)
+            if fields is None:  # the policy is gone: page everyone paged so far instead
+                fields = {"esc_due_at": None, "esc_reason": None}
+        for k, v in (fields or {}).items():
+            setattr(inc, k, v)
+
     async def _cancel_pending_pages(self, s: AsyncSession, inc: Incident, now: datetime) -> None:
+        # Every page not yet handed to a notifier: first attempts, retries and delayed contact methods alike.
         res = await s.exec(  # type: ignore[call-overload]
             sa.update(Outbox)
             .where(
                 col(Outbox.incident_id) == inc.id,
                 col(Outbox.kind) == "trigger",
                 col(Outbox.state) == "pending",
-                col(Outbox.attempts) == 0,
             )
             .values(state="cancelled", last_error="cancelled: incident " + inc.state)
         )
@@ -328,41 +474,99 @@ class IncidentService:
     ) -> bool:
         if not inc.targets:
             return False
-        alerts = (await s.exec(select(Alert).where(Alert.incident_id == inc.id).order_by(col(Alert.id)))).all()
-        title, body = self.render(kind, incident_dict(inc), [alert_dict(a) for a in alerts], actor, note)
-        queued = 0
+        if kind == "trigger":
+            pages, skipped = await self._trigger_pages(s, inc, now)
+        else:
+            pages, skipped = await self._notice_pages(s, inc)
+        for target, why in skipped:
+            s.add(
+                IncidentEvent(
+                    incident_id=inc.id,  # type: ignore[arg-type]
+                    at=now,
+                    kind="notify_skipped",
+                    actor=SYSTEM_ACTOR,
+                    note=why,
+                    data={"target": target},
+                )
+            )
+        if not pages:
+            return False
+        title, body = await self.render_page(s, inc, kind, actor, note)
+        for target, i, delay in pages:
+            s.add(
+                Outbox(
+                    incident_id=inc.id,
+                    event_id=event.id if event else None,
+                    target=target,
+                    dest_index=i,
+                    kind=kind,
+                    severity=inc.severity,
+                    title=title,
+                    body=body,
+                    state="pending",
+                    next_attempt_at=now + delay,
+                    created_at=now,
+                )
+            )
+        return True
+
+    async def _trigger_pages(
+        self, s: AsyncSession, inc: Incident, now: datetime
+    ) -> tuple[list[tuple[str, int, timedelta]], list[tuple[str, str]]]:
+        """Pages of a route's own targets: schedules resolved to the on-call user and users to their contact
+        methods (delays, urgency) by the escalation stage; without it, every URL of each target at once."""
+        if self.escalation is None:
+            pages: list[tuple[str, int, timedelta]] = []
+            skipped = []
+            for target in inc.targets:
+                n = self.destinations(target)
+                if n == 0:
+                    skipped.append((target, f"{target} has no destinations"))
+                pages.extend((target, i, timedelta(0)) for i in range(n))
+            return pages, skipped
+        pages, skipped, users = await self.escalation.page_targets(s, inc.targets, inc.severity, now)
+        new = [f"user:{u}" for u in users if f"user:{u}" not in inc.targets]
+        if new:
+            inc.targets = [*inc.targets, *new]  # so later notices reach the on-call users who were paged
+            s.add(inc)
+        return pages, skipped
+
+    async def _notice_pages(
+        self, s: AsyncSession, inc: Incident
+    ) -> tuple[list[tuple[str, int, timedelta]], list[tuple[str, str]]]:
+        """Acknowledge/resolve notices go to every channel of the incident and, of each user, to the contact
+        methods that were paged (not one that a delay or the urgency kept silent); schedules were resolved."""
+        paged = (
+            await s.exec(
+                select(Outbox.target, Outbox.dest_index)
+                .where(
+                    col(Outbox.incident_id) == inc.id,
+                    col(Outbox.kind) == "trigger",
+                    col(Outbox.state) != "cancelled",
+                )
+                .distinct()
+            )
+        ).all()
+        pages: list[tuple[str, int, timedelta]] = []
+        skipped = []
         for target in inc.targets:
+            if target.startswith("schedule:"):
+                continue  # paged as the user on call, who is among the targets
             n = self.destinations(target)
             if n == 0:
-                s.add(
-                    IncidentEvent(
-                        incident_id=inc.id,  # type: ignore[arg-type]
-                        at=now,
-                        kind="notify_skipped",
-                        actor=SYSTEM_ACTOR,
-                        note=f"{target} has no destinations",
-                        data={"target": target},
-                    )
-                )
-                continue
-            for i in range(n):
-                s.add(
-                    Outbox(
-                        incident_id=inc.id,
-                        event_id=event.id if event else None,
-                        target=target,
-                        dest_index=i,
-                        kind=kind,
-                        severity=inc.severity,
-                        title=title,
-                        body=body,
-                        state="pending",
-                        next_attempt_at=now,
-                        created_at=now,
-                    )
-                )
-                queued += 1
-        return queued > 0
+                skipped.append((target, f"{target} has no destinations"))
+            elif target.startswith("user:"):
+                pages.extend((target, i, timedelta(0)) for i in sorted({i for t, i in paged if t == target}) if i < n)
+            else:
+                pages.extend((target, i, timedelta(0)) for i in range(n))
+        return pages, skipped
+
+    async def render_page(
+        self, s: AsyncSession, inc: Incident, kind: str, actor: str | None, note: str | None
+    ) -> tuple[str, str]:
+        """Title and body of a ``kind`` notification about ``inc`` (with its alerts, read in ``s``)."""
+        alerts = (await s.exec(select(Alert).where(Alert.incident_id == inc.id).order_by(col(Alert.id)))).all()
+        return self.render(kind, incident_dict(inc), [alert_dict(a) for a in alerts], actor, note)
 
     async def _update_gauges(self) -> None:
         self._gauges_at = time.monotonic()

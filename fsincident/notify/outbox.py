@@ -23,7 +23,7 @@ from fsincident.config.model import DeliveryOptions
 from fsincident.core import Clock, NotifyError, ensure_utc
 from fsincident.obs import Metrics, get_logger
 from fsincident.store import Store
-from fsincident.store.tables import IncidentEvent, Outbox
+from fsincident.store.tables import Incident, IncidentEvent, Outbox
 
 log = get_logger("fsincident.notify")
 
@@ -49,7 +49,7 @@ class Notifiers:
         apprise_cls = plugins.notifiers.get("apprise")
         for u in config.users:
             if u.contacts:
-                opts = apprise_cls.Options(name=u.name, type="apprise", urls=list(u.contacts))
+                opts = apprise_cls.Options(name=u.name, type="apprise", urls=[c.url for c in u.contacts])
                 self.by_target[f"user:{u.name}"] = apprise_cls(opts)
 
     def destinations(self, target: str) -> int:
@@ -115,6 +115,22 @@ class Deliverer:
         claimed: list[Outbox] = []
         lease_until = now + self.options.lease
         async with self.store.session() as s:
+            # A page is only worth sending while its incident is triggered: one that was being sent when the
+            # incident was acknowledged or resolved (and failed, or whose sender died) is cancelled, not retried.
+            stale = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(
+                    col(Outbox.kind) == "trigger",
+                    due,
+                    col(Outbox.incident_id).in_(
+                        sa.select(Incident.id).where(col(Incident.state) != "triggered").scalar_subquery()
+                    ),
+                )
+                .values(state="cancelled", lease_until=None, last_error="cancelled: incident no longer triggered")
+                .execution_options(synchronize_session=False)
+            )
+            if stale.rowcount:
+                log.info("pages_cancelled", count=stale.rowcount, reason="incident no longer triggered")
             q = select(Outbox).where(due, ~blocked).order_by(col(Outbox.next_attempt_at), col(Outbox.id)).limit(limit)
             if not self.store.is_sqlite:
                 q = q.with_for_update(skip_locked=True)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from fsincident.config.model import DeliveryOptions
 from fsincident.core import FakeClock, Labels, TransitionError
 from fsincident.incidents.service import IncidentService, NotFound
+from fsincident.notify.outbox import Deliverer
 from fsincident.obs import Metrics
 from fsincident.routing.tree import Route, route
 from fsincident.store import Store
@@ -230,15 +233,34 @@ async def test_ack_cancels_unsent_page_and_queues_acknowledge(store, clock, svc)
     assert await snapshot(store) == before
 
 
-async def test_ack_keeps_a_page_already_attempted(store, clock, svc):
+async def test_ack_cancels_a_page_waiting_for_its_retry(store, clock, svc):
     await transition(store, clock, "firing", team="db", cluster="c1", instance="a")
     await step(svc, clock)
     [inc] = await rows(store, Incident)
-    async with store.session() as s:  # the deliverer tried once and will retry
+    async with store.session() as s:  # the deliverer tried once and would retry
         await s.exec(sa.update(Outbox).values(attempts=1, last_error="HTTP 500"))
     await svc.ack(inc.id, "alice")
     outbox = await rows(store, Outbox)
-    assert [(o.kind, o.state) for o in outbox] == [("trigger", "pending"), ("acknowledge", "pending")]
+    assert [(o.kind, o.state) for o in outbox] == [("trigger", "cancelled"), ("acknowledge", "pending")]
+
+
+async def test_page_in_flight_during_an_ack_is_not_retried(store, clock, svc):
+    """A page being sent when the incident is acknowledged fails: its retry is cancelled, never sent."""
+    await transition(store, clock, "firing", team="db", cluster="c1", instance="a")
+    await step(svc, clock)
+    [inc] = await rows(store, Incident)
+    async with store.session() as s:  # the deliverer holds it (sending) while the ack lands
+        await s.exec(sa.update(Outbox).values(state="sending", attempts=1, lease_until=clock.now()))
+    await svc.ack(inc.id, "alice")
+    async with store.session() as s:  # the attempt failed: back to pending for a retry
+        await s.exec(
+            sa.update(Outbox).where(Outbox.kind == "trigger").values(state="pending", next_attempt_at=clock.now())
+        )
+    deliverer = Deliverer(store, clock, Metrics(), SimpleNamespace(by_target={}), DeliveryOptions())  # type: ignore[arg-type]
+    claimed = await deliverer.claim(clock.now(), 10)
+    assert [r.kind for r in claimed] == ["acknowledge"]
+    outbox = await rows(store, Outbox)
+    assert [(o.kind, o.state) for o in outbox] == [("trigger", "cancelled"), ("acknowledge", "sending")]
 
 
 async def test_ack_of_resolved_incident_raises(store, clock, svc):
