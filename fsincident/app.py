@@ -18,11 +18,13 @@ from fsincident.api import ApiContext, build_app
 from fsincident.config import Config
 from fsincident.core import Clock, ConfigError, Problem, SystemClock
 from fsincident.engine import Engine
+from fsincident.escalation.schedules import HandoffNotifier, ScheduleService
+from fsincident.escalation.service import EscalationService
 from fsincident.evaluation.evaluator import Evaluator
 from fsincident.incidents.service import IncidentService
 from fsincident.notify.outbox import Deliverer, Notifiers
 from fsincident.notify.render import Renderer
-from fsincident.obs import Metrics, Redactor, get_logger
+from fsincident.obs import Metrics, Redactor, get_logger, tune_gc
 from fsincident.routing.tree import Route
 from fsincident.routing.tree import route as route_alert
 from fsincident.sources.runner import SourceRunner
@@ -55,6 +57,7 @@ def routes_of(config: Config) -> list[Route]:
             notify=tuple(r.notify),
             group_by=tuple(r.group_by) if r.group_by is not None else None,
             auto_resolve=r.auto_resolve,
+            escalation_policy=r.escalation_policy,
         )
         for i, r in enumerate(config.routes)
     ]
@@ -74,6 +77,23 @@ class Daemon:
         self.notifiers = Notifiers(config)
         self.renderer = Renderer(config.templates, config.external_url)
         self.deliverer = Deliverer(self.store, self.clock, self.metrics, self.notifiers, config.delivery)
+        self.schedules = ScheduleService(self.store, self.clock, self.metrics, config)
+        self.handoffs = HandoffNotifier(
+            self.schedules,
+            destinations=lambda t: self.notifiers.destinations(t),
+            kick_delivery=self.engine.kicker(self.deliverer.name),
+        )
+        self.schedules.on_change = self.engine.kicker(self.handoffs.name)
+        self.escalation = EscalationService(
+            self.store,
+            self.clock,
+            self.metrics,
+            config,
+            self.schedules,
+            render_page=lambda *a: self.incidents.render_page(*a),
+            destinations=lambda t: self.notifiers.destinations(t),
+            kick_delivery=self.engine.kicker(self.deliverer.name),
+        )
         self.incidents = IncidentService(
             self.store,
             self.clock,
@@ -82,6 +102,8 @@ class Daemon:
             destinations=lambda t: self.notifiers.destinations(t),
             route=lambda labels: route_alert(self.routes, labels),
             kick_delivery=self.engine.kicker(self.deliverer.name),
+            escalation=self.escalation,
+            kick_escalation=self.engine.kicker(self.escalation.name),
         )
         self.evaluator = Evaluator(
             self.store,
@@ -108,6 +130,7 @@ class Daemon:
         self._set_secrets(self.config)
         await self.store.upgrade()
         await self.evaluator.restore()
+        tune_gc()  # long-lived objects (config, rule state, imports) leave the collector's young generations
         ctx = ApiContext(
             store=self.store,
             incidents=self.incidents,
@@ -115,6 +138,8 @@ class Daemon:
             metrics=self.metrics,
             ready=lambda: self._ready,
             sources=self.sources,
+            schedules=self.schedules,
+            escalation=self.escalation,
         )
         self.runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
@@ -122,6 +147,8 @@ class Daemon:
         await site.start()
         self.engine.add(self.incidents, idle=1.0)
         self.engine.add(self.deliverer, idle=1.0)
+        self.engine.add(self.escalation, idle=1.0)
+        self.engine.add(self.handoffs, idle=30.0)  # wakes at the next handoff (sleep_hint) or when kicked
         await self._apply(self.config)
         self.engine.start()
         self._ready = True
@@ -144,6 +171,8 @@ class Daemon:
         self.deliverer.configure(self.notifiers, config.delivery)
         self.renderer = Renderer(config.templates, config.external_url)
         self.routes = routes_of(config)
+        self.schedules.configure(config)
+        self.escalation.configure(config)
         self.evaluator.set_groups(config.groups, config.slos)
         await self.evaluator.resolve_removed()
         keep = set()
@@ -238,7 +267,7 @@ class Daemon:
             await self.runner.cleanup()
         self.deliverer.draining = True
         drain = drain_seconds if drain_seconds is not None else self.config.delivery.timeout.total_seconds() + 5
-        await self.engine.stop(drain={self.deliverer.name: drain, self.incidents.name: 10})
+        await self.engine.stop(drain={self.deliverer.name: drain, self.incidents.name: 10, self.escalation.name: 10})
         # Collections and evaluations still running get a moment to finish, then are cancelled and
         # awaited, so no database connection is left checked out when the store closes.
         if self._jobs:

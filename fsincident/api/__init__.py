@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +16,11 @@ from fsincident.incidents.service import IncidentService, NotFound
 from fsincident.obs import Metrics, get_logger
 from fsincident.sources.runner import SourceRunner
 from fsincident.store import Store
+
+if TYPE_CHECKING:
+    from fsincident.escalation.schedules import ScheduleService
+from fsincident.escalation.service import BadTarget, EscalationService
+from fsincident.escalation.service import NotFound as EscalationNotFound
 
 log = get_logger("fsincident.api")
 
@@ -40,6 +45,8 @@ class ApiContext:
     metrics: Metrics
     ready: Callable[[], bool]
     sources: SourceRunner | None = None
+    schedules: ScheduleService | None = None
+    escalation: EscalationService | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -232,6 +239,49 @@ async def resolve_incident(request: web.Request) -> web.Response:
     return await _act(request, "resolve")
 
 
+async def _escalation_act(request: web.Request, action: str) -> web.Response:
+    """``escalate`` / ``reassign``: page now, then answer with the incident (and its timeline) as it is now."""
+    iid = incident_id(request)
+    fields: dict[str, type] = {"by": str, "note": str}
+    if action == "reassign":
+        fields["to"] = str
+    body = await json_body(request, fields)
+    by = (body.get("by") or request[TOKEN_NAME]).strip()[:200] or request[TOKEN_NAME]
+    note = body.get("note")
+    if note is not None and len(note) > 4000:
+        raise ApiError(400, "note is longer than 4000 characters")
+    ctx = request.app[CTX]
+    if ctx.escalation is None:
+        raise ApiError(404, "escalation is not available")
+    try:
+        if action == "reassign":
+            to = (body.get("to") or "").strip()
+            if not to:
+                raise ApiError(400, "field 'to' is required", "user:NAME, schedule:NAME or channel:NAME")
+            done = await ctx.escalation.reassign(iid, to, by, note)
+        else:
+            done = await ctx.escalation.escalate(iid, by, note)
+        inc = await ctx.incidents.get(iid)
+    except (NotFound, EscalationNotFound) as e:
+        raise ApiError(404, str(e)) from None
+    except BadTarget as e:
+        raise ApiError(400, str(e)) from None
+    except TransitionError as e:
+        raise ApiError(409, f"cannot {action}: {e}") from None
+    inc["reassigned" if action == "reassign" else "escalated"] = done
+    return web.json_response(inc)
+
+
+@scope("ack")
+async def escalate_incident(request: web.Request) -> web.Response:
+    return await _escalation_act(request, "escalate")
+
+
+@scope("ack")
+async def reassign_incident(request: web.Request) -> web.Response:
+    return await _escalation_act(request, "reassign")
+
+
 @scope("read")
 async def rules(request: web.Request) -> web.Response:
     evaluator = request.app[CTX].evaluator
@@ -250,10 +300,15 @@ def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] |
     r.add_get("/api/v1/incidents/{id}", get_incident)
     r.add_post("/api/v1/incidents/{id}/ack", ack_incident)
     r.add_post("/api/v1/incidents/{id}/resolve", resolve_incident)
+    r.add_post("/api/v1/incidents/{id}/escalate", escalate_incident)
+    r.add_post("/api/v1/incidents/{id}/reassign", reassign_incident)
     r.add_get("/api/v1/rules", rules)
     from fsincident.api import ingest  # here, not at the top: ingest imports this module
 
     ingest.add_routes(app)
+    from fsincident.api import schedules  # here, not at the top: it imports this module
+
+    schedules.add_routes(app)
     if extra_routes:
         extra_routes(app)
     return app

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fsincident import config as config_mod
-from fsincident.cli import ruletools
+from fsincident.cli import oncall, ruletools
 from fsincident.core import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -26,9 +26,11 @@ commands:
   check      validate fsincident.yaml, rules.d/*.yaml and templates/*.j2; exit 1 with file:line errors
   db         database migrations (db upgrade)
   token      API tokens (token create --name N --scopes read,ack,admin,ingest)
-  incidents  list | show ID | ack ID | resolve ID, through the HTTP API
+  incidents  list | show ID | ack ID | resolve ID | escalate ID | reassign ID --to TARGET, through the HTTP API
   test       run rule unit tests (promtool test rules format); exit 1 on a failure
   backtest   replay rules over history (CSV or Prometheus): when would alerts have fired?
+  oncall     who is on call now (or --at TIME), per schedule, through the HTTP API
+  override   add | list | delete schedule overrides, through the HTTP API
 
 Client commands find the daemon through --url/--token, else FSINCIDENT_URL/FSINCIDENT_TOKEN,
 else the config's listen address."""
@@ -244,11 +246,20 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                 body["by"] = args.by
             if args.note:
                 body["note"] = args.note
+            if action == "reassign":
+                if not args.to:
+                    print("incidents reassign needs --to user:NAME|schedule:NAME|channel:NAME", file=sys.stderr)
+                    return EXIT_USAGE
+                body["to"] = args.to
             res = api_call(url, token, "POST", f"/api/v1/incidents/{args.id}/{action}", body)
         if args.json:
             print(json.dumps(res, indent=2))
         elif action == "show":
             _print_incident(res)
+        elif action in ("escalate", "reassign"):
+            done = res["escalated" if action == "escalate" else "reassigned"]
+            what = f"step {done['step'] + 1}" if action == "escalate" else done["to"]
+            print(f"#{res['id']} is {res['state']}; paged {what}: {', '.join(done['paged']) or 'nobody'}")
         else:
             print(f"#{res['id']} is {res['state']}")
         return EXIT_OK
@@ -289,18 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--scopes", required=True, help="comma-separated: read, ack, admin, ingest")
     tc.set_defaults(fn=cmd_token)
 
-    sp = with_config(sub.add_parser("incidents", help="list, show, ack or resolve incidents through the API"))
-    sp.add_argument("action", nargs="?", choices=["list", "show", "ack", "resolve"], default="list")
+    sp = with_config(
+        sub.add_parser("incidents", help="list, show, ack, resolve, escalate or reassign incidents through the API")
+    )
+    sp.add_argument(
+        "action", nargs="?", choices=["list", "show", "ack", "resolve", "escalate", "reassign"], default="list"
+    )
     sp.add_argument("id", nargs="?", type=int)
     sp.add_argument("--state", choices=["triggered", "acknowledged", "resolved"], help="list: only this state")
-    sp.add_argument("--by", help="ack/resolve: who acts (default: the token's name)")
-    sp.add_argument("--note", help="ack/resolve: a note for the timeline")
+    sp.add_argument("--by", help="ack/resolve/escalate/reassign: who acts (default: the token's name)")
+    sp.add_argument("--note", help="ack/resolve/escalate/reassign: a note for the timeline")
+    sp.add_argument("--to", metavar="TARGET", help="reassign: user:NAME, schedule:NAME or channel:NAME to page now")
     sp.add_argument("--json", action="store_true", help="print the API's JSON")
     sp.add_argument("--url", help="daemon URL (default: $FSINCIDENT_URL or the config's listen address)")
     sp.add_argument("--token", help="API token (default: $FSINCIDENT_TOKEN)")
     sp.set_defaults(fn=cmd_incidents)
 
     ruletools.register(sub)
+    oncall.register(sub)
     return p
 
 
