@@ -66,6 +66,7 @@ class Resolved:
     pages: list[tuple[str, int, timedelta]] = field(default_factory=list)  # (target, dest_index, delay)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (target, reason)
     users: list[str] = field(default_factory=list)
+    oncall: list[dict[str, Any]] = field(default_factory=list)  # who each schedule resolved to, incl. overrides
 
     @property
     def paged(self) -> list[str]:
@@ -287,7 +288,7 @@ class EscalationService:
                 raise NotFound(f"incident {incident_id} not found")
             if locked.state == IncidentState.RESOLVED.value:
                 raise TransitionError("incident is resolved")
-            data = {"to": to, "paged": res.paged, "users": res.users, "state": locked.state}
+            data = {"to": to, "paged": res.paged, "users": res.users, "oncall": res.oncall, "state": locked.state}
             locked.updated_at = now
             s.add(locked)
             self.metrics.incident_events.labels("reassigned").inc()
@@ -349,6 +350,7 @@ class EscalationService:
                     continue
                 for sh in shifts:
                     self._user(sh.user, severity, out, via=target)
+                    out.oncall.append({"schedule": name, "user": sh.user, "layer": sh.layer, "override": sh.override})
             elif kind == "user":
                 self._user(name, severity, out)
             else:
@@ -396,6 +398,7 @@ class EscalationService:
             "targets": list(step.targets),
             "paged": res.paged,
             "users": res.users,
+            "oncall": res.oncall,
             "manual": actor != SYSTEM_ACTOR,
         }
         text = _step_note(p, step) + (f": {note}" if note else "")

@@ -461,3 +461,16 @@ async def test_a_route_without_a_policy_resolves_schedules_and_contact_rules_at_
     notices = await rows(stack, Outbox, col(Outbox.kind) == "acknowledge")
     assert sorted((o.target, o.dest_index) for o in notices) == [("user:alice", 0), ("user:carol", 0)]
     assert await events(stack, "notify_skipped") == []
+
+
+async def test_a_page_through_an_override_names_it_in_the_timeline(stack, clock):
+    t0 = clock.now()
+    ov = await stack.schedules.create_override(
+        "primary", who="bob", start=t0 - MIN, end=t0 + timedelta(hours=2), by="carol", note="swap"
+    )
+    await fire(stack, clock, team="infra", instance="a")
+    await at(stack, clock, 15 * MIN, t0)  # step 0 and step 1 (schedule:primary) are due
+    esc = await events(stack, "escalated")
+    assert esc[1].data["targets"] == ["schedule:primary"] and esc[1].data["users"] == ["bob"]
+    assert esc[1].data["oncall"] == [{"schedule": "primary", "user": "bob", "layer": 2, "override": ov["id"]}]
+    assert ("user:bob", 0) in await pages(stack)
