@@ -115,22 +115,32 @@ class Deliverer:
         claimed: list[Outbox] = []
         lease_until = now + self.options.lease
         async with self.store.session() as s:
-            # A page is only worth sending while its incident is triggered: one that was being sent when the
-            # incident was acknowledged or resolved (and failed, or whose sender died) is cancelled, not retried.
+            # A page queued before its incident was acknowledged (or resolved) is not worth sending any more: one
+            # that was being sent at that moment (and failed, or whose sender died) is cancelled, not retried.
+            # Pages queued after an ack (reassign, manual escalate) are delivered.
             stale = await s.exec(  # type: ignore[call-overload]
                 sa.update(Outbox)
                 .where(
                     col(Outbox.kind) == "trigger",
                     due,
-                    col(Outbox.incident_id).in_(
-                        sa.select(Incident.id).where(col(Incident.state) != "triggered").scalar_subquery()
-                    ),
+                    sa.select(Incident.id)
+                    .where(
+                        col(Incident.id) == col(Outbox.incident_id),
+                        sa.or_(
+                            col(Incident.state) == "resolved",
+                            sa.and_(
+                                col(Incident.state) == "acknowledged",
+                                col(Incident.acknowledged_at) >= col(Outbox.created_at),
+                            ),
+                        ),
+                    )
+                    .exists(),
                 )
-                .values(state="cancelled", lease_until=None, last_error="cancelled: incident no longer triggered")
+                .values(state="cancelled", lease_until=None, last_error="cancelled: incident acknowledged or resolved")
                 .execution_options(synchronize_session=False)
             )
             if stale.rowcount:
-                log.info("pages_cancelled", count=stale.rowcount, reason="incident no longer triggered")
+                log.info("pages_cancelled", count=stale.rowcount, reason="incident acknowledged or resolved")
             q = select(Outbox).where(due, ~blocked).order_by(col(Outbox.next_attempt_at), col(Outbox.id)).limit(limit)
             if not self.store.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
