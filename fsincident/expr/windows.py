@@ -3,15 +3,27 @@
 Every kernel takes the whole retained history of one metric — ``ts`` (k,) ascending unix seconds and
 ``vals`` (rows, k) with NaN for "no sample" — plus the evaluation time ``end`` (already shifted by any
 ``offset``) and a ``window`` in seconds, and returns a float64 array of shape (rows,) with NaN where the
-result is undefined. A window holds the samples with ``end - window < t <= end`` (left-open, as in
-Prometheus); it is cut out of the history with a binary search on ``ts`` and only that column slice
-(a view) is touched. There is no Python loop over rows; NaN gaps may sit anywhere in any row. Rows are
-processed in blocks of about ``CHUNK_ELEMENTS`` window cells, each copied once into a small contiguous
-array: reductions over a row-strided view are several times slower, and the blocks bound the temporary
-memory of long windows. Blocks without gaps take faster paths (sums as BLAS matrix-vector products).
+result is undefined. ``vals`` is a float64 array of any memory layout, or an :class:`Offsets` (the
+history's float32 offsets from a float64 base per row). A window holds the samples with
+``end - window < t <= end`` (left-open, as in Prometheus); it is cut out of the history with a binary
+search on ``ts`` and only that column slice is touched. There is no Python loop over rows; NaN gaps may
+sit anywhere in any row. Kernels never emit numpy warnings.
+
+How they compute. Rows are processed in blocks of about ``CHUNK_ELEMENTS`` window cells, each copied once
+into a reusable *time-major* float64 buffer ``v[sample, series]``: per-series quantities are then vectors
+over the block's series, and every step (sums, minima, shifts, comparisons of consecutive samples) is a
+vector operation over all series at once, fast for short windows and long ones alike (numpy's reductions
+along short rows are slow). The history is stored time-major too, so the copy reads contiguous memory.
+Blocks without gaps take faster paths (sums as BLAS matrix-vector products). For an :class:`Offsets`
+the block holds the offsets and the base is added to each result that is a value (a mean, a minimum, a
+quantile, a prediction), not to differences, slopes or counts: no kernel materialises float64 values of
+the whole window, and results are those of the exact values ``offset + base`` up to float64 rounding.
 Means, variances and regressions work on deviations from each row's first sample, which makes them exact
 for constant rows (a flat series has slope 0 and standard deviation 0, not 1e-17) at the price of losing
-values about 1e16 times smaller than that first sample in the same row. Kernels never emit numpy warnings.
+values about 1e16 times smaller than that first sample in the same row. Sort-based kernels (quantiles,
+``zscore``) sort each row once (float32 when the values are float32 offsets, which orders them exactly as
+their float64 values); ``zscore`` finds the median absolute deviation in the sorted row by a binary
+search (the deviations form two sorted runs either side of the median), without a second sort.
 
 Prometheus facts these kernels follow (read from ``promql/functions.go`` and ``promql/quantile.go``,
 restated here in our own words):
@@ -80,6 +92,7 @@ import numpy as np
 __all__ = [
     "EXTRA_ARGS",
     "KERNELS",
+    "Offsets",
     "avg_over_time",
     "baseline",
     "changes",
@@ -107,8 +120,67 @@ __all__ = [
 ]
 
 MAD_SCALE = 1.4826  # makes the MAD of normally distributed data an estimate of its standard deviation
-CHUNK_ELEMENTS = 1 << 16  # rows are processed in blocks of about this many window cells (cache-sized)
-_COLUMN_LOOP_MAX = 32  # up to this many columns, per-column vector ops beat numpy's short-row reductions
+CHUNK_ELEMENTS = 1 << 18  # rows are processed in blocks of about this many window cells (cache-sized)
+_COLUMN_LOOP_MAX = 32  # up to this many samples, EWMA weights of gappy rows are built sample by sample
+
+
+class Offsets:
+    """A (rows, k) matrix of float64 values held time-major as float32 offsets from a float64 base per row.
+
+    ``off`` is (k, rows): ``off[j, i]`` is sample j of row i, and its value is ``float64(off[j, i]) +
+    base[i]`` (how the history stores values; see ``fsincident.expr.history``). Every kernel accepts it in
+    place of a float64 array and never materialises the whole matrix. Indexing with rows and a column
+    slice gives another ``Offsets`` (views, no copy); any other indexing, ``np.asarray`` and ``view`` give
+    float64 values.
+    """
+
+    __slots__ = ("base", "off")
+    ndim = 2
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, off: np.ndarray, base: np.ndarray):
+        self.off = off
+        self.base = base
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.off.shape[1]), int(self.off.shape[0]))
+
+    def __len__(self) -> int:
+        return int(self.off.shape[1])
+
+    def __getitem__(self, key: Any) -> Any:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        off = self.off[cols, rows]
+        base = self.base[rows]
+        if off.ndim == 2:
+            return Offsets(off, base)
+        return np.add(off, base, dtype=np.float64)
+
+    def isnan(self) -> np.ndarray:
+        """(rows, k) booleans: no sample."""
+        return np.isnan(self.off).T
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.add(self.off, self.base, dtype=np.float64).T
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def view(self, dtype: Any) -> np.ndarray:
+        return np.asarray(self).view(dtype)
+
+
+Matrix = np.ndarray | Offsets  # what kernels accept as ``vals``
+
+
+def _isnan(vals: Any) -> np.ndarray:
+    return vals.isnan() if isinstance(vals, Offsets) else np.isnan(vals)
+
+
+def _slab(vals: Matrix, r0: int, r1: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Time-major view (hi - lo, r1 - r0) of rows ``r0:r1``, columns ``lo:hi``, and the base to add (or None)."""
+    if isinstance(vals, Offsets):
+        return vals.off[lo:hi, r0:r1], vals.base[r0:r1]
+    return vals[r0:r1, lo:hi].T, None
 
 
 def _quiet(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
@@ -122,49 +194,116 @@ def _quiet(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return wrapper
 
 
-class _Win:
-    """One block of rows of one window: a contiguous copy of the samples plus presence bookkeeping.
+def _count0(b: np.ndarray) -> np.ndarray:
+    """Number of True per column of a (k, rows) boolean array, as float64."""
+    if b.shape[0] < 1 << 16:
+        return b.view(np.uint8).sum(axis=0, dtype=np.uint16).astype(np.float64)
+    return np.count_nonzero(b, axis=0).astype(np.float64)
 
-    ``absent`` (NaN cells) and ``present_f`` (1.0/0.0) exist only when some row has a gap; a *dense* block
-    (every cell present) takes the fast paths.
+
+class _Win:
+    """One block of rows of one window, time-major: ``v[j, i]`` is sample j of the block's row i.
+
+    ``v`` is a float64 copy of ``src`` (made on first use; sort-based kernels work on ``src`` directly) and
+    ``base`` (None, or one float64 per row) what to add to it to get values. ``absent`` (NaN cells) exists
+    only when some row has a gap; a *dense* block (every cell present) takes the fast paths.
     """
 
     __slots__ = (
+        "_absent",
+        "_buf",
+        "_dense",
         "_fi",
         "_li",
-        "absent",
-        "dense",
+        "_n",
+        "_pf",
+        "_v",
+        "base",
         "hist",
         "k",
         "lo",
-        "n",
         "ones",
-        "present_f",
+        "r0",
         "rows",
-        "rowsum",
+        "src",
         "t",
-        "v",
+        "total",
     )
 
-    def __init__(self, t: np.ndarray, hist: np.ndarray, lo: int):
+    def __init__(self, t: np.ndarray, src: np.ndarray, base: np.ndarray | None, hist: Any, r0: int, lo: int, buf: Any):
         self.t = t
+        self.src = src
+        self.base = base
+        self.hist = hist  # the whole history (this block's rows start at r0)
+        self.r0 = r0
         self.lo = lo
-        self.hist = hist
-        self.v = np.ascontiguousarray(hist[:, lo : lo + t.shape[0]])
-        self.rows, self.k = self.v.shape
+        self.k, self.rows = src.shape
         self.ones = np.ones(self.k)
-        self.rowsum = self.v @ self.ones  # NaN exactly for rows with a gap (or with +Inf and -Inf)
-        self.dense = self.k > 0 and not bool(np.isnan(self.rowsum).any())
+        self._buf = buf
+        self._v: np.ndarray | None = None
+        self.total: np.ndarray | None = None
+        self._dense: bool | None = None
+        self._absent: np.ndarray | None = None
+        self._n: np.ndarray | None = None
+        self._pf: np.ndarray | None = None
         self._fi: np.ndarray | None = None
         self._li: np.ndarray | None = None
-        if self.dense:
-            self.absent = None
-            self.present_f = None
-            self.n = np.full(self.rows, float(self.k))
-        else:
-            self.absent = np.isnan(self.v)
-            self.present_f = (~self.absent).astype(np.float64)
-            self.n = self.present_f @ self.ones
+
+    # -------------------------------------------------------------------------------- samples and gaps
+
+    @property
+    def v(self) -> np.ndarray:
+        """The float64 copy of the block (in a buffer reused from block to block)."""
+        if self._v is None:
+            size = self.k * self.rows
+            if self._buf is not None and self._buf[0] is not None and self._buf[0].size >= size:
+                v = self._buf[0][:size].reshape(self.k, self.rows)
+            else:
+                v = np.empty((self.k, self.rows))
+                if self._buf is not None:
+                    self._buf[0] = v.reshape(-1)
+            np.copyto(v, self.src)
+            self._v = v
+        return self._v
+
+    @property
+    def dense(self) -> bool:
+        """No gap in any row (decided with one BLAS pass over ``v`` if it exists, else on ``src``)."""
+        if self._dense is None:
+            if self.k == 0:
+                self._dense = False
+            elif self._v is not None:
+                self.total = self.ones @ self._v  # NaN exactly for rows with a gap (or with +Inf and -Inf)
+                self._dense = not bool(np.isnan(self.total).any())
+            else:  # the same test on the stored samples, without a float64 copy
+                ones = self.ones.astype(np.float32) if self.src.dtype == np.float32 else self.ones
+                self._dense = not bool(np.isnan(ones @ self.src).any())
+        return self._dense
+
+    def sums(self) -> np.ndarray:
+        """Per-row sums of ``v`` (a dense block)."""
+        return self.total if self.total is not None else self.ones @ self.v
+
+    @property
+    def absent(self) -> np.ndarray:
+        """(k, rows) booleans, no sample (only asked for when the block is not dense)."""
+        if self._absent is None:
+            self._absent = np.isnan(self._v if self._v is not None else self.src)
+        return self._absent
+
+    @property
+    def n(self) -> np.ndarray:
+        """Samples per row (float64)."""
+        if self._n is None:
+            self._n = np.full(self.rows, float(self.k)) if self.dense else _count0(~self.absent)
+        return self._n
+
+    @property
+    def present_f(self) -> np.ndarray:
+        """(k, rows) 1.0 where there is a sample, else 0.0."""
+        if self._pf is None:
+            self._pf = (~self.absent).astype(np.float64)
+        return self._pf
 
     def nan(self) -> np.ndarray:
         return np.full(self.rows, np.nan)
@@ -175,12 +314,17 @@ class _Win:
             out[self.n < count] = np.nan
         return out
 
+    def value(self, x: np.ndarray) -> np.ndarray:
+        """Per-row quantities in the block's units (offsets) -> values."""
+        return x if self.base is None else x + self.base
+
+    def level(self, x: float) -> float | np.ndarray:
+        """A value (e.g. a threshold) in the block's units, per row."""
+        return x if self.base is None else x - self.base
+
     def first_idx(self) -> np.ndarray:
         if self._fi is None:
-            if self.dense:
-                self._fi = np.zeros(self.rows, np.intp)
-            else:
-                self._fi = (~self.absent).argmax(axis=1)
+            self._fi = np.zeros(self.rows, np.intp) if self.dense else (~self.absent).argmax(axis=0)
         return self._fi
 
     def last_idx(self) -> np.ndarray:
@@ -188,70 +332,76 @@ class _Win:
             if self.dense:
                 self._li = np.full(self.rows, self.k - 1, np.intp)
             else:
-                self._li = self.k - 1 - (~self.absent[:, ::-1]).argmax(axis=1)
+                self._li = self.k - 1 - (~self.absent[::-1]).argmax(axis=0)
         return self._li
 
     def first(self) -> np.ndarray:
-        """Each row's oldest value in the window (NaN for empty rows)."""
+        """Each row's oldest sample in the window, in block units (NaN for empty rows)."""
         if self.dense:
-            return self.v[:, 0]
-        return self.v[np.arange(self.rows), self.first_idx()]
+            return self.src[0].astype(np.float64)
+        return self.src[self.first_idx(), np.arange(self.rows)].astype(np.float64)
 
     def last(self) -> np.ndarray:
-        """Each row's latest value in the window (NaN for empty rows)."""
+        """Each row's latest sample in the window, in block units (NaN for empty rows)."""
         if self.dense:
-            return self.v[:, -1]
-        return self.v[np.arange(self.rows), self.last_idx()]
+            return self.src[-1].astype(np.float64)
+        return self.src[self.last_idx(), np.arange(self.rows)].astype(np.float64)
 
     def ref(self) -> np.ndarray:
-        """A per-row shift (the first value when finite, else 0): keeps sums of constant rows exact."""
+        """A per-row shift (the first sample when finite, else 0): keeps sums of constant rows exact."""
         f = self.first()
         return np.where(np.isfinite(f), f, 0.0)
 
-    def shifted(self, ref: np.ndarray) -> np.ndarray:
-        """``v - ref`` per row, 0 where there is no sample."""
-        d = self.v - ref[:, None]
-        if not self.dense:
+    def shifted(self, ref: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """``v - ref`` per row, 0 where there is no sample; ``inplace`` overwrites ``v`` (not to be used after)."""
+        v = self.v
+        dense = self.dense
+        if inplace:
+            np.subtract(v, ref, out=v)
+            d = v
+            self._v = None
+        else:
+            d = v - ref
+        if not dense:
             np.copyto(d, 0.0, where=self.absent)
         return d
 
     def filled(self, fill: float) -> np.ndarray:
-        """The values with ``fill`` where there is no sample."""
-        return self.v if self.dense else np.where(self.absent, fill, self.v)
-
-    def prev(self) -> np.ndarray:
-        """(rows, k-1): for column j+1, the latest value present at or before column j (NaN if none)."""
+        """The samples with ``fill`` where there is none."""
         if self.dense:
-            return self.v[:, :-1]
-        if self.k <= _COLUMN_LOOP_MAX:
-            f = self.v[:, :-1].copy()
-            for j in range(1, self.k - 1):
-                np.copyto(f[:, j], f[:, j - 1], where=self.absent[:, j])
-            return f
-        idx = np.where(self.absent[:, :-1], 0, np.arange(self.k - 1, dtype=np.intp))
-        np.maximum.accumulate(idx, axis=1, out=idx)
-        return np.take_along_axis(self.v, idx, axis=1)
+            return self.v
+        d = self.v.copy()
+        np.copyto(d, fill, where=self.absent)
+        return d
 
+    def prev(self, a: np.ndarray) -> np.ndarray:
+        """(k-1, rows) from ``a`` (``v`` or ``src``): for sample j+1, the latest sample present at or before j."""
+        if self.dense:
+            return a[:-1]
+        f = a[:-1].copy()
+        absent = self.absent
+        for j in range(1, self.k - 1):  # a vector operation over the block's rows per sample
+            np.copyto(f[j], f[j - 1], where=absent[j])
+        return f
 
-def _rowmin(a: np.ndarray) -> np.ndarray:
-    if 1 < a.shape[1] <= _COLUMN_LOOP_MAX:
-        out = a[:, 0].copy()
-        for j in range(1, a.shape[1]):
-            np.minimum(out, a[:, j], out=out)
+    def latest_sample(self) -> np.ndarray:
+        """Like ``last`` but read from ``src`` (no float64 copy of the block)."""
+        out = self.src[-1].astype(np.float64)
+        todo = np.flatnonzero(np.isnan(out))
+        if todo.size:
+            sub = self.src[:, todo]
+            idx = self.k - 1 - (~np.isnan(sub[::-1])).argmax(axis=0)
+            out[todo] = sub[idx, np.arange(todo.size)]  # NaN for rows without samples
         return out
-    return a.min(axis=1)
+
+    def sorted_rows(self) -> np.ndarray:
+        """(rows, k): each row's samples in ascending order, NaN last (float32 for float32 offsets)."""
+        s = np.array(self.src.T, order="C", copy=True)
+        s.sort(axis=1)
+        return s
 
 
-def _rowmax(a: np.ndarray) -> np.ndarray:
-    if 1 < a.shape[1] <= _COLUMN_LOOP_MAX:
-        out = a[:, 0].copy()
-        for j in range(1, a.shape[1]):
-            np.maximum(out, a[:, j], out=out)
-        return out
-    return a.max(axis=1)
-
-
-def _columns(ts: np.ndarray, vals: np.ndarray, lo_t: float, hi_t: float) -> tuple[int, int]:
+def _columns(ts: np.ndarray, vals: Matrix, lo_t: float, hi_t: float) -> tuple[int, int]:
     """Column range [lo, hi) of the samples with ``lo_t < t <= hi_t``; ValueError if the shapes disagree."""
     if vals.ndim != 2 or ts.ndim != 1 or vals.shape[1] != ts.shape[0]:
         raise ValueError(f"history shapes do not match: ts {ts.shape}, vals {vals.shape}")
@@ -260,7 +410,7 @@ def _columns(ts: np.ndarray, vals: np.ndarray, lo_t: float, hi_t: float) -> tupl
 
 
 def _run(
-    ts: np.ndarray, vals: np.ndarray, lo_t: float, hi_t: float, fn: Callable[..., np.ndarray], *args: Any
+    ts: np.ndarray, vals: Matrix, lo_t: float, hi_t: float, fn: Callable[..., np.ndarray], *args: Any
 ) -> np.ndarray:
     """Cut the window ``lo_t < t <= hi_t`` out of the history and apply ``fn(_Win, *args)`` block by block."""
     lo, hi = _columns(ts, vals, lo_t, hi_t)
@@ -270,9 +420,11 @@ def _run(
         return out
     t = ts[lo:hi]
     step = max(64, CHUNK_ELEMENTS // max(hi - lo, 1))
+    buf: list[np.ndarray | None] = [None]  # the float64 block buffer, reused from block to block
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        out[r0:r1] = fn(_Win(t, vals[r0:r1], lo), *args)
+        src, base = _slab(vals, r0, r1, lo, hi)
+        out[r0:r1] = fn(_Win(t, src, base, vals, r0, lo, buf), *args)
     return out
 
 
@@ -286,11 +438,64 @@ def _sorted_quantile(s: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
     last_col = s.shape[1] - 1
     lo_i = np.clip(lo, 0, last_col).astype(np.intp)[:, None]
     hi_i = np.clip(hi, 0, last_col).astype(np.intp)[:, None]
-    a = np.take_along_axis(s, lo_i, axis=1)[:, 0]
-    b = np.take_along_axis(s, hi_i, axis=1)[:, 0]
+    a = np.take_along_axis(s, lo_i, axis=1)[:, 0].astype(np.float64)
+    b = np.take_along_axis(s, hi_i, axis=1)[:, 0].astype(np.float64)
     out = a * (1.0 - weight) + b * weight
     out[n == 0] = np.nan
     return out
+
+
+def _sorted_count(s: np.ndarray) -> np.ndarray:
+    """Valid (non-NaN) entries per row of ``s`` (sorted, NaN last), as float64."""
+    rows, k = s.shape
+    n = np.full(rows, float(k))
+    if k:
+        short = np.flatnonzero(np.isnan(s[:, -1]))
+        if short.size:
+            n[short] = np.isnan(s[short]).argmax(axis=1)
+    return n
+
+
+def _sorted_mad(s: np.ndarray, n: np.ndarray, med: np.ndarray) -> np.ndarray:
+    """Interpolated median of ``|x - med|`` over each row's ``n`` valid sorted values ``s`` (finite values).
+
+    With m = floor((n - 1) / 2) (the median's lower index) the values at indices <= m give deviations
+    that grow leftwards and the others deviations that grow rightwards: two sorted runs. The m-th smallest
+    deviation (and the next one) is found by a binary search on how many of the m + 1 smallest come from
+    the left run, for all rows at once (about log2(k) vector steps, no second sort). The results are the
+    deviations themselves, so they equal those of sorting ``|x - med|``.
+    """
+    rows, k = s.shape
+    flat = s.reshape(-1)
+    rank = 0.5 * (n - 1.0)
+    m = np.floor(rank)
+    weight = rank - m
+    want = m.astype(np.intp) + 1  # how many smallest deviations to take (the last one is the m-th)
+    a = want  # left run: indices m, m-1, ..., 0 (deviation med - x)
+    b = n.astype(np.intp) - want  # right run: indices m+1 .. n-1 (deviation x - med)
+    left0 = np.arange(rows, dtype=np.intp) * k + want - 1  # flat index of the left run's first element
+    right0 = left0 + 1
+    lo = np.maximum(0, want - b)  # bounds on i, the number taken from the left run
+    hi = np.minimum(want, a)
+    rj = right0 + want - 1  # flat index of the right run's j-th smallest is rj - i (j = want - i)
+    for _ in range(int((hi - lo).max(initial=0)).bit_length()):
+        mid = (lo + hi) >> 1
+        # take more from the left while the right run's j-th smallest exceeds the left run's (mid+1)-th
+        more = flat[rj - mid] - med > med - flat[left0 - mid]
+        more &= lo < hi
+        lo = np.where(more, mid + 1, lo)
+        hi = np.where(more, hi, mid)
+    i = lo
+    j = want - i
+    last = flat.size - 1  # (indices of the runs' ends, clipped where a run is empty: those values are unused)
+    kth = np.where(i > 0, med - flat[np.clip(left0 - i + 1, 0, last)], -np.inf)
+    kth = np.maximum(kth, np.where(j > 0, flat[np.clip(right0 + j - 1, 0, last)] - med, -np.inf))
+    nxt = np.minimum(
+        np.where(i < a, med - flat[np.clip(left0 - i, 0, last)], np.inf),
+        np.where(j < b, flat[np.clip(right0 + j, 0, last)] - med, np.inf),
+    )
+    nxt = np.where(want <= n - 1, nxt, kth)
+    return kth * (1.0 - weight) + nxt * weight
 
 
 def _ratio_or_inf(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -302,10 +507,21 @@ def _ratio_or_inf(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def _at(x: float | np.ndarray, idx: np.ndarray) -> float | np.ndarray:
+    return x[idx] if isinstance(x, np.ndarray) else x
+
+
+def _reduce_rows(op: np.ufunc, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``op.reduce`` over the samples of the rows ``idx`` of a time-major block (all rows if that is cheaper)."""
+    if idx.size * 4 >= a.shape[1]:
+        return op.reduce(a, axis=0)[idx].astype(np.float64)
+    return op.reduce(a[:, idx], axis=0).astype(np.float64)
+
+
 # ------------------------------------------------------------------------------------------ instant values
 
 
-def _latest(ts: np.ndarray, vals: np.ndarray, lo_t: float, hi_t: float) -> np.ndarray:
+def _latest(ts: np.ndarray, vals: Matrix, lo_t: float, hi_t: float) -> np.ndarray:
     """Latest sample per row in ``lo_t < t <= hi_t``: newest column first, older ones only for rows still empty."""
     lo, hi = _columns(ts, vals, lo_t, hi_t)
     out = np.full(vals.shape[0], np.nan)
@@ -324,13 +540,13 @@ def _latest(ts: np.ndarray, vals: np.ndarray, lo_t: float, hi_t: float) -> np.nd
 
 
 @_quiet
-def last_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def last_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Each row's latest sample in the window; NaN for rows without one."""
     return _latest(ts, vals, end - window, end)
 
 
 @_quiet
-def instant(ts: np.ndarray, vals: np.ndarray, end: float, lookback: float) -> np.ndarray:
+def instant(ts: np.ndarray, vals: Matrix, end: float, lookback: float) -> np.ndarray:
     """Each row's latest sample with ``end - lookback < t <= end``; NaN for rows without one."""
     return _latest(ts, vals, end - lookback, end)
 
@@ -341,14 +557,23 @@ def instant(ts: np.ndarray, vals: np.ndarray, end: float, lookback: float) -> np
 def _extrapolated(w: _Win, end: float, window: float, counter: bool, per_second: bool) -> np.ndarray:
     if w.k < 2:
         return w.nan()
+    if counter:
+        _ = w.v  # needed below: lets ``dense`` use it
     fv, lv = w.first(), w.last()
     ft, lt = w.t[w.first_idx()], w.t[w.last_idx()]
     result = lv - fv
     if counter:
-        prev = w.prev()
-        drop = w.v[:, 1:] < prev  # False wherever either side is missing
+        prev = w.prev(w.v)
+        drop = w.v[1:] < prev  # False wherever either side is missing
         if drop.any():
-            result = result + np.where(drop, prev, 0.0) @ w.ones[1:]
+            if w.dense and w.total is not None and bool(np.isfinite(w.total).all()):
+                kept = prev * drop  # all finite: a product, much faster than np.where on a random mask
+            else:
+                kept = np.where(drop, prev, 0.0)
+            result = result + w.ones[1:] @ kept
+            if w.base is not None:  # each reset adds the value before it: offset + base
+                result = result + _count0(drop) * w.base
+        fv = w.value(fv)
     sampled = lt - ft
     avg = sampled / (w.n - 1.0)
     threshold = avg * 1.1
@@ -366,19 +591,19 @@ def _extrapolated(w: _Win, end: float, window: float, counter: bool, per_second:
 
 
 @_quiet
-def rate(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def rate(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Per-second counter increase, reset-corrected and extrapolated like Prometheus; NaN below 2 samples."""
     return _run(ts, vals, end - window, end, _extrapolated, end, window, True, True)
 
 
 @_quiet
-def increase(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def increase(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Counter increase over the window, reset-corrected and extrapolated like Prometheus; NaN below 2 samples."""
     return _run(ts, vals, end - window, end, _extrapolated, end, window, True, False)
 
 
 @_quiet
-def delta(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def delta(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Gauge change over the window, extrapolated like Prometheus (no reset handling); NaN below 2 samples."""
     return _run(ts, vals, end - window, end, _extrapolated, end, window, False, False)
 
@@ -386,19 +611,24 @@ def delta(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.nda
 # ------------------------------------------------------------------------------------------ least squares
 
 
-def _regression(w: _Win, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row least-squares line through (t - end, value): (slope, mean x, mean y); NaN below 2 samples."""
+def _regression(w: _Win, end: float, keep: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row least-squares line through (t - end, sample): (slope, mean x, mean y in block units).
+
+    ``keep``: leave ``w.v`` intact (else it is overwritten with the deviations).
+    """
     x = w.t - end
     centre = float(x.mean())
     xc = x - centre  # centred for conditioning
+    _ = w.v
     ref = w.ref()
-    y = w.shifted(ref)  # 0 where absent, exactly 0 everywhere for a constant row
+    y = w.shifted(ref, inplace=not keep)  # 0 where absent, exactly 0 everywhere for a constant row
     n = w.n
     if w.dense:
         sx, sxx = float(xc.sum()), float(xc @ xc)
     else:
-        sx, sxx = w.present_f @ xc, w.present_f @ (xc * xc)
-    sy, sxy = y @ w.ones, y @ xc
+        pf = w.present_f
+        sx, sxx = xc @ pf, (xc * xc) @ pf
+    sy, sxy = np.stack([w.ones, xc]) @ y
     slope = (sxy - sx * sy / n) / (sxx - sx * sx / n)
     return slope, centre + sx / n, ref + sy / n
 
@@ -413,47 +643,49 @@ def _predict(w: _Win, end: float, horizon: float) -> np.ndarray:
     if w.k < 2:
         return w.nan()
     slope, xm, ym = _regression(w, end)
-    return w.need(ym + slope * (horizon - xm), 2)
+    return w.need(w.value(ym + slope * (horizon - xm)), 2)
 
 
 def _time_to(w: _Win, end: float, thr: float) -> np.ndarray:
     if w.k < 2:
         return w.nan()
-    slope, xm, ym = _regression(w, end)
+    _ = w.v  # (before ``last``, so that ``dense`` uses it)
     latest = w.last()
-    ahead = thr - latest
+    slope, xm, ym = _regression(w, end, keep=True)
+    level = w.level(thr)  # the threshold in block units (per row for offsets)
+    ahead = level - latest
     up, down = slope > 0, slope < 0
     out = np.full(w.rows, np.nan)
     toward = ((ahead > 0) & up) | ((ahead < 0) & down)
     at_end = ym[toward] - slope[toward] * xm[toward]
-    out[toward] = np.maximum((thr - at_end) / slope[toward], 0.0)
+    out[toward] = np.maximum((_at(level, toward) - at_end) / slope[toward], 0.0)
     # beyond the threshold in the direction of travel: 0 if some window sample was still short of it
     rising_past = np.flatnonzero(up & (ahead < 0))
     if rising_past.size:
-        low = _rowmin(w.filled(np.inf)[rising_past])
-        out[rising_past[low < thr]] = 0.0
+        low = _reduce_rows(np.fmin, w.v, rising_past)
+        out[rising_past[low < _at(level, rising_past)]] = 0.0
     falling_past = np.flatnonzero(down & (ahead > 0))
     if falling_past.size:
-        high = _rowmax(w.filled(-np.inf)[falling_past])
-        out[falling_past[high > thr]] = 0.0
+        high = _reduce_rows(np.fmax, w.v, falling_past)
+        out[falling_past[high > _at(level, falling_past)]] = 0.0
     out[ahead == 0] = 0.0
     return w.need(out, 2)
 
 
 @_quiet
-def deriv(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def deriv(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Least-squares slope per second of each row's samples in the window; NaN below 2 samples."""
     return _run(ts, vals, end - window, end, _deriv, end)
 
 
 @_quiet
-def predict_linear(ts: np.ndarray, vals: np.ndarray, end: float, window: float, horizon: float) -> np.ndarray:
+def predict_linear(ts: np.ndarray, vals: Matrix, end: float, window: float, horizon: float) -> np.ndarray:
     """Value of the window's least-squares line at ``end + horizon``; NaN below 2 samples."""
     return _run(ts, vals, end - window, end, _predict, end, float(horizon))
 
 
 @_quiet
-def time_to(ts: np.ndarray, vals: np.ndarray, end: float, window: float, threshold: float) -> np.ndarray:
+def time_to(ts: np.ndarray, vals: Matrix, end: float, window: float, threshold: float) -> np.ndarray:
     """Seconds until the window's least-squares line reaches ``threshold`` (rules in the module doc); NaN if never."""
     return _run(ts, vals, end - window, end, _time_to, end, float(threshold))
 
@@ -464,14 +696,19 @@ def time_to(ts: np.ndarray, vals: np.ndarray, end: float, window: float, thresho
 def _avg(w: _Win) -> np.ndarray:
     if w.k == 0:
         return w.nan()
+    _ = w.v
     ref = w.ref()
-    return w.need(ref + (w.shifted(ref) @ w.ones) / w.n, 1)
+    return w.need(w.value(ref + (w.ones @ w.shifted(ref, inplace=True)) / w.n), 1)
 
 
 def _sum(w: _Win) -> np.ndarray:
     if w.k == 0:
         return w.nan()
-    return w.need(w.rowsum if w.dense else w.filled(0.0) @ w.ones, 1)
+    _ = w.v
+    total = w.sums() if w.dense else w.ones @ w.filled(0.0)
+    if w.base is not None:
+        total = total + w.n * w.base
+    return w.need(total, 1)
 
 
 def _count(w: _Win) -> np.ndarray:
@@ -481,21 +718,22 @@ def _count(w: _Win) -> np.ndarray:
 def _min(w: _Win) -> np.ndarray:
     if w.k == 0:
         return w.nan()
-    return w.need(_rowmin(w.filled(np.inf)), 1)
+    return w.value(np.fmin.reduce(w.src, axis=0).astype(np.float64))  # NaN only for rows without samples
 
 
 def _max(w: _Win) -> np.ndarray:
     if w.k == 0:
         return w.nan()
-    return w.need(_rowmax(w.filled(-np.inf)), 1)
+    return w.value(np.fmax.reduce(w.src, axis=0).astype(np.float64))
 
 
 def _stddev(w: _Win) -> np.ndarray:
     if w.k == 0:
         return w.nan()
-    y = w.shifted(w.ref())  # deviations from the first sample: no cancellation beyond the data's own range
-    sy = y @ w.ones
-    syy = np.einsum("ij,ij->i", y, y)
+    _ = w.v
+    y = w.shifted(w.ref(), inplace=True)  # deviations from the first sample: no cancellation beyond the data's range
+    sy = w.ones @ y
+    syy = np.einsum("ji,ji->i", y, y)
     var = np.maximum((syy - sy * sy / w.n) / w.n, 0.0)
     return w.need(np.sqrt(var), 1)
 
@@ -503,9 +741,13 @@ def _stddev(w: _Win) -> np.ndarray:
 def _quantile(w: _Win, q: float) -> np.ndarray:
     if w.k == 0:
         return w.nan()
+    s = w.sorted_rows()
+    n = _sorted_count(s)
     if math.isnan(q) or q < 0 or q > 1:
-        return w.need(np.full(w.rows, math.nan if math.isnan(q) else math.copysign(math.inf, q)), 1)
-    return _sorted_quantile(np.sort(w.v, axis=1), w.n, q)
+        out = np.full(w.rows, math.nan if math.isnan(q) else math.copysign(math.inf, q))
+        out[n == 0] = np.nan
+        return out
+    return w.value(_sorted_quantile(s, n, q))
 
 
 def _changes(w: _Win, kind: str) -> np.ndarray:
@@ -513,66 +755,66 @@ def _changes(w: _Win, kind: str) -> np.ndarray:
         return w.nan()
     if w.k == 1:
         return w.need(np.zeros(w.rows), 1)
-    prev = w.prev()
+    prev = w.prev(w.src)  # comparisons read the samples as they are stored (float32 offsets compare exactly)
     if kind == "resets":
-        hit = w.v[:, 1:] < prev  # False wherever either side is missing
+        hit = w.src[1:] < prev  # False wherever either side is missing
     else:
-        hit = w.v[:, 1:] != prev
+        hit = w.src[1:] != prev
         if not w.dense:
-            hit &= ~(w.absent[:, 1:] | np.isnan(prev))
-    return w.need(np.count_nonzero(hit, axis=1).astype(np.float64), 1)
+            hit &= ~(w.absent[1:] | np.isnan(prev))
+    return w.need(_count0(hit), 1)
 
 
 @_quiet
-def avg_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def avg_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Mean of each row's samples in the window; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _avg)
 
 
 @_quiet
-def sum_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def sum_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Sum of each row's samples in the window; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _sum)
 
 
 @_quiet
-def count_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def count_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Number of each row's samples in the window; NaN (no result) for rows without samples."""
     return _run(ts, vals, end - window, end, _count)
 
 
 @_quiet
-def min_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def min_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Smallest of each row's samples in the window; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _min)
 
 
 @_quiet
-def max_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def max_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Largest of each row's samples in the window; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _max)
 
 
 @_quiet
-def stddev_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def stddev_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Population standard deviation of each row's samples in the window; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _stddev)
 
 
 @_quiet
-def quantile_over_time(ts: np.ndarray, vals: np.ndarray, end: float, window: float, q: float) -> np.ndarray:
+def quantile_over_time(ts: np.ndarray, vals: Matrix, end: float, window: float, q: float) -> np.ndarray:
     """Prometheus' interpolated q-quantile of each row's window (±Inf outside 0..1); NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _quantile, float(q))
 
 
 @_quiet
-def changes(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def changes(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Number of times consecutive samples in the window differ; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _changes, "changes")
 
 
 @_quiet
-def resets(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def resets(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Number of decreases between consecutive samples in the window; NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _changes, "resets")
 
@@ -583,13 +825,13 @@ def _nodata(w: _Win) -> np.ndarray:
         return out
     silent = np.flatnonzero(w.n == 0)
     if silent.size:
-        seen = (~np.isnan(w.hist[silent, : w.lo])).any(axis=1)
+        seen = ~_isnan(w.hist[w.r0 + silent, : w.lo]).all(axis=1)
         out[silent[seen]] = 1.0
     return out
 
 
 @_quiet
-def nodata(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def nodata(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """1.0 for rows with no sample in the window but one at or before its start; NaN otherwise."""
     return _run(ts, vals, end - window, end, _nodata)
 
@@ -600,10 +842,22 @@ def nodata(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.nd
 def _zscore(w: _Win) -> np.ndarray:
     if w.k < 3:
         return w.nan()
-    med = _sorted_quantile(np.sort(w.v, axis=1), w.n, 0.5)
-    dev = np.abs(w.v - med[:, None])  # absent cells stay NaN and sort last
-    mad = _sorted_quantile(np.sort(dev, axis=1), w.n, 0.5)
-    return w.need(_ratio_or_inf(w.last() - med, MAD_SCALE * mad), 3)
+    s = w.sorted_rows()
+    n = _sorted_count(s)
+    med = _sorted_quantile(s, n, 0.5)
+    ok = n >= 3
+    r = np.arange(w.rows)
+    lowest = s[:, 0].astype(np.float64)
+    highest = s[r, np.clip(n.astype(np.intp) - 1, 0, w.k - 1)].astype(np.float64)
+    odd = np.flatnonzero(ok & ~(np.isfinite(lowest) & np.isfinite(highest)))
+    mad = _sorted_mad(s, n, med)
+    if odd.size:  # infinite samples: deviations from an infinite median are NaN, sort them as the reference does
+        dev = np.abs(s[odd].astype(np.float64) - med[odd, None])
+        dev.sort(axis=1)
+        mad[odd] = _sorted_quantile(dev, n[odd], 0.5)
+    out = _ratio_or_inf(w.latest_sample() - med, MAD_SCALE * mad)
+    out[~ok] = np.nan
+    return out
 
 
 def _decay(used: np.ndarray | float) -> np.ndarray | float:
@@ -613,85 +867,87 @@ def _decay(used: np.ndarray | float) -> np.ndarray | float:
 
 
 def _ewma_stats(w: _Win, skip_latest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(weighted mean, weighted population std) per row; ``skip_latest`` leaves each row's newest sample out."""
+    """(weighted mean in block units, weighted population std) per row; ``skip_latest`` leaves out the newest."""
     k, drop = w.k, int(skip_latest)
+    _ = w.v
     ref = w.ref()
-    y = w.shifted(ref)
+    y = w.shifted(ref, inplace=True)
     if w.dense:
-        ages = np.arange(k - 1, -1, -1, dtype=np.float64) - drop  # the newest column has age -drop
+        ages = np.arange(k - 1, -1, -1, dtype=np.float64) - drop  # the newest sample has age -drop
         wv = np.where(ages >= 0, float(_decay(k - drop)) ** np.maximum(ages, 0.0), 0.0)
         total = float(wv.sum())
-        m = (y @ wv) / total
-        var = ((y * y) @ wv) / total - m * m
+        m = (wv @ y) / total
+        var = (wv @ np.multiply(y, y, out=y)) / total - m * m  # y is a scratch copy: square it in place
         return ref + m, np.sqrt(np.maximum(var, 0.0))
     used_f = w.present_f
     if skip_latest:
         used_f = used_f.copy()
-        used_f[np.arange(w.rows), w.last_idx()] = 0.0
+        used_f[w.last_idx(), np.arange(w.rows)] = 0.0
     d = _decay(np.maximum(w.n - drop, 0.0))
     if k <= _COLUMN_LOOP_MAX:  # newest to oldest: a used sample takes the running weight, which then decays
         wt = np.empty_like(used_f)
         running = np.ones(w.rows)
         shrink = 1.0 - d
         for j in range(k - 1, -1, -1):
-            col = used_f[:, j]
-            np.multiply(running, col, out=wt[:, j])
+            col = used_f[j]
+            np.multiply(running, col, out=wt[j])
             running *= 1.0 - col * shrink
     else:
-        newer = np.cumsum(used_f[:, ::-1], axis=1)[:, ::-1]  # used samples at or after each column
-        wt = d[:, None] ** np.maximum(newer - 1.0, 0.0) * used_f
-    total = wt @ w.ones
+        newer = np.cumsum(used_f[::-1], axis=0)[::-1]  # used samples at or after each sample
+        wt = d ** np.maximum(newer - 1.0, 0.0) * used_f
+    total = w.ones @ wt
     wy = wt * y
-    m = (wy @ w.ones) / total
-    var = np.einsum("ij,ij->i", wy, y) / total - m * m
+    m = (w.ones @ wy) / total
+    var = np.einsum("ji,ji->i", wy, y) / total - m * m
     return ref + m, np.sqrt(np.maximum(var, 0.0))
 
 
 def _ewma(w: _Win) -> np.ndarray:
     if w.k == 0:
         return w.nan()
-    return w.need(_ewma_stats(w, skip_latest=False)[0], 1)
+    return w.need(w.value(_ewma_stats(w, skip_latest=False)[0]), 1)
 
 
 def _ewma_zscore(w: _Win) -> np.ndarray:
     if w.k < 3:
         return w.nan()
+    _ = w.v
+    latest = w.last()
     mean, std = _ewma_stats(w, skip_latest=True)
-    return w.need(_ratio_or_inf(w.last() - mean, std), 3)
+    return w.need(_ratio_or_inf(latest - mean, std), 3)
 
 
 def _flatline(w: _Win, window: float) -> np.ndarray:
     if w.k < 2:
         return w.nan()
     span = w.t[w.last_idx()] - w.t[w.first_idx()]
-    ref = w.first()
-    same = w.v == ref[:, None]
+    same = w.src == w.first()
     if not w.dense:
         same |= w.absent
-    flat = same.all(axis=1) & (span >= window / 2.0) & (w.n >= 2)
+    flat = same.all(axis=0) & (span >= window / 2.0) & (w.n >= 2)
     return np.where(flat, 1.0, np.nan)
 
 
 @_quiet
-def zscore(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def zscore(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Robust z-score (median/MAD) of each row's latest sample against its window; NaN below 3 samples."""
     return _run(ts, vals, end - window, end, _zscore)
 
 
 @_quiet
-def ewma(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def ewma(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Exponentially weighted mean of each row's window (span = samples / 2); NaN for rows without samples."""
     return _run(ts, vals, end - window, end, _ewma)
 
 
 @_quiet
-def ewma_zscore(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def ewma_zscore(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """(latest - EWMA mean) / EWMA std of the window's earlier samples; NaN below 3 samples in the window."""
     return _run(ts, vals, end - window, end, _ewma_zscore)
 
 
 @_quiet
-def spike(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def spike(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """Mean of the window over the mean of the window before it; NaN if either is missing or the earlier is 0."""
     cur = _run(ts, vals, end - window, end, _avg)
     prev = _run(ts, vals, end - 2 * window, end - window, _avg)
@@ -701,13 +957,13 @@ def spike(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.nda
 
 
 @_quiet
-def flatline(ts: np.ndarray, vals: np.ndarray, end: float, window: float) -> np.ndarray:
+def flatline(ts: np.ndarray, vals: Matrix, end: float, window: float) -> np.ndarray:
     """1.0 for rows whose ≥ 2 window samples span at least half the window and are all equal; else NaN."""
     return _run(ts, vals, end - window, end, _flatline, float(window))
 
 
 @_quiet
-def baseline(ts: np.ndarray, vals: np.ndarray, end: float, period: float, seasons: int, width: float) -> np.ndarray:
+def baseline(ts: np.ndarray, vals: Matrix, end: float, period: float, seasons: int, width: float) -> np.ndarray:
     """Median over k = 1..seasons of the mean within width/2 of ``end - k*period``; NaN where no season has samples."""
     seasons = int(seasons)
     rows = vals.shape[0]

@@ -288,14 +288,64 @@ def test_strided_history_views_give_the_same_results():
     rng = np.random.default_rng(7)
     ts = 15.0 * np.arange(64)
     big = np.full((40, 100), np.nan)
-    big[:30, 10:74] = np.cumsum(rng.random((30, 64)), axis=1)
+    big[:30, 10:74] = np.cumsum(rng.integers(0, 8, (30, 64)), axis=1) / 4  # exact in float32 too
     big[:30, 10:74][rng.random((30, 64)) < 0.2] = np.nan
-    view = big[:30, 10:74]  # like the history's vals[:rows, lo:n]
+    view = big[:30, 10:74]  # a strided row-major view
     dense = np.ascontiguousarray(view)
+    tm = np.full((100, 40), np.nan)  # time-major, like the history's exact tiers: vals[lo:n, :rows].T
+    tm[10:74, :30] = dense.T
+    time_major = tm[10:74, :30].T
+    offsets = W.Offsets(tm[10:74, :30].astype(np.float32), np.zeros(30))  # float32 offsets, base 0
     for name, fn in W.KERNELS.items():
         extra = {"predict_linear": (60.0,), "time_to": (20.0,), "quantile_over_time": (0.3,), "baseline": (2, 60.0)}
         args = (float(ts[-1]), 300.0, *extra.get(name, ()))
-        assert np.array_equal(fn(ts, view, *args), fn(ts, dense, *args), equal_nan=True), name
+        want = fn(ts, dense, *args)
+        assert np.array_equal(fn(ts, view, *args), want, equal_nan=True), name
+        assert np.array_equal(fn(ts, time_major, *args), want, equal_nan=True), name
+        assert np.array_equal(fn(ts, offsets, *args), want, equal_nan=True), name
+
+
+def test_offsets_read_as_float64_values():
+    off = np.array([[0.5, -1.0, np.nan], [0.25, 2.0, 3.0]], dtype=np.float32)  # time-major: 2 samples x 3 rows
+    base = np.array([100.0, 1e9, -7.0])
+    m = W.Offsets(off, base)
+    values = np.array([[100.5, 100.25], [1e9 - 1.0, 1e9 + 2.0], [np.nan, -4.0]])
+    assert m.shape == (3, 2) and m.ndim == 2 and len(m) == 3
+    assert np.array_equal(np.asarray(m), values, equal_nan=True)
+    assert np.asarray(m).dtype == np.float64
+    assert np.array_equal(m[:, 1], values[:, 1])  # a column
+    assert np.array_equal(m[np.array([2, 0]), 0], values[[2, 0], 0], equal_nan=True)  # rows of a column
+    assert np.array_equal(m[1], values[1])  # a row
+    sub = m[1:, :1]  # rows and a column slice: still offsets, no copy
+    assert isinstance(sub, W.Offsets) and np.shares_memory(sub.off, off)
+    assert np.array_equal(np.asarray(sub), values[1:, :1], equal_nan=True)
+    assert np.array_equal(m.isnan(), np.isnan(values))
+    assert m.view(np.uint64).shape == (3, 2)  # what a staleness check reads
+
+
+@pytest.mark.parametrize("name", sorted(W.KERNELS))
+def test_degenerate_offsets_give_nan_of_the_right_shape(name):
+    extra = [2, 60.0] if name == "baseline" else [0.5] * len(W.EXTRA_ARGS[name])
+    empty = W.Offsets(np.empty((0, 3), np.float32), np.zeros(3))
+    assert np.isnan(W.KERNELS[name](np.empty(0), empty, 100.0, 60.0, *extra)).shape == (3,)
+    none = W.Offsets(np.empty((3, 0), np.float32), np.zeros(0))
+    assert W.KERNELS[name](minutes(3), none, 100.0, 60.0, *extra).shape == (0,)
+
+
+def test_mad_by_binary_search_equals_sorting_the_deviations():
+    rng = np.random.default_rng(11)
+    for k in (1, 2, 3, 4, 5, 8, 31, 64, 241):
+        s = rng.integers(-20, 20, (400, k)).astype(np.float64) / 4  # many ties
+        s[rng.random(s.shape) < 0.3] = np.nan
+        s.sort(axis=1)
+        n = np.count_nonzero(~np.isnan(s), axis=1).astype(np.float64)
+        med = W._sorted_quantile(s, n, 0.5)
+        dev = np.sort(np.abs(s - med[:, None]), axis=1)
+        want = W._sorted_quantile(dev, n, 0.5)
+        got = W._sorted_mad(s, n, med)
+        ok = n >= 1
+        assert np.array_equal(got[ok], want[ok]), k
+        assert np.array_equal(W._sorted_count(s), n)
 
 
 def test_row_blocks_do_not_change_results(monkeypatch):
@@ -567,6 +617,35 @@ def _ill_conditioned(name, ts, row, end, window) -> bool:
     return abs(slope) < 1e-6 * scale
 
 
+def stored(kind, vals, data):
+    """``vals`` as a kernel may receive it, and the float64 values that form reads as.
+
+    ``array``: as is (row-major); ``time_major``: the transposed view of a time-major array, like an exact
+    history's; ``offsets``: float32 offsets from a base per row, like the history's. Quarter values get a
+    base near the row's first value (optionally 1e5 further away, so offsets are large), exact in float32;
+    other values get base 0 and read as their float32 rounding.
+    """
+    if kind == "array":
+        return vals, vals
+    tm = np.ascontiguousarray(vals.T)
+    if kind == "time_major":
+        return tm.T, vals
+    rows = vals.shape[0]
+    finite = vals[np.isfinite(vals)]
+    base = np.zeros(rows)
+    if np.array_equal(finite * 4, np.round(finite * 4)):
+        far = data.draw(st.sampled_from([0.0, 1e5]))
+        for r in range(rows):
+            present = vals[r][~np.isnan(vals[r])]
+            near = float(present[0]) if present.size else 0.0
+            base[r] = near + data.draw(st.integers(-200, 200)) / 4 + far
+    off = (tm - base).astype(np.float32)
+    reads = off.astype(np.float64).T + base[:, None]
+    if base.any():
+        assert np.array_equal(reads, vals, equal_nan=True)  # exact by construction
+    return W.Offsets(off, base), reads
+
+
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -576,10 +655,11 @@ PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 def test_kernel_matches_slow_reference(name, data):
     counters = name in ("rate", "increase", "resets") and data.draw(st.booleans())
     ts, vals, end, window = data.draw(histories(counters=counters))
+    source, vals = stored(data.draw(st.sampled_from(["array", "time_major", "offsets"])), vals, data)
     extra = _extra(name, data, ts, vals)
-    wide = data.draw(st.booleans())  # also run the code paths meant for windows of many columns
+    wide = data.draw(st.booleans())  # also run the EWMA path meant for windows of many samples
     with patch.object(W, "_COLUMN_LOOP_MAX", 0 if wide else W._COLUMN_LOOP_MAX):
-        got = _call(name, ts, vals, end, window, extra)
+        got = _call(name, ts, source, end, window, extra)
     assert got.shape == (vals.shape[0],) and got.dtype == np.float64
     for r in range(vals.shape[0]):
         if _ill_conditioned(name, ts, vals[r], end, window):
