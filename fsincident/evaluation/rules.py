@@ -97,7 +97,8 @@ class RuleSet:
         for key, span in need.items():
             h = self._hist.get(key)
             if h is None:
-                self._hist[key] = MetricHistory(span, ttl[key])
+                # Replays (a lookback is set) keep exact float64 samples and Prometheus' staleness markers.
+                self._hist[key] = MetricHistory(span, ttl[key], exact=self.lookback is not None)
             else:
                 h.set_span(span, ttl[key])
         self._by_source = {}

@@ -645,6 +645,10 @@ def _label_list(node: ast.AST, what: str) -> tuple[str, ...]:
     return names
 
 
+def _is_text(node: Node) -> bool:
+    return isinstance(node, LabelRef) or (isinstance(node, Const) and isinstance(node.value, str))
+
+
 class _Compiler:
     def __init__(self) -> None:
         self.metrics: list[str] = []
@@ -734,10 +738,17 @@ class _Compiler:
         if isinstance(n, ast.BinOp):
             if type(n.op) not in _ARITH:
                 raise ExprError(_FORBIDDEN_HINTS.get(type(n.op), f"{type(n.op).__name__} is not allowed"), column=col)
-            return Arith(type(n.op), self.node(n.left), self.node(n.right), match, col)
+            left, right = self.node(n.left), self.node(n.right)
+            for side in (left, right):
+                if _is_text(side):
+                    raise ExprError("strings and labels.NAME cannot be used in arithmetic", column=side.col or col)
+            return Arith(type(n.op), left, right, match, col)
         if isinstance(n, ast.UnaryOp):
             if isinstance(n.op, ast.USub):
-                return Neg(self.node(n.operand), col)
+                operand = self.node(n.operand)
+                if _is_text(operand):
+                    raise ExprError("strings and labels.NAME cannot be negated", column=col)
+                return Neg(operand, col)
             if isinstance(n.op, ast.UAdd):
                 return self.node(n.operand)
             if isinstance(n.op, ast.Not):
@@ -758,7 +769,13 @@ class _Compiler:
             op = type(n.ops[0])
             if op not in _CMP:
                 raise ExprError(f"{type(n.ops[0]).__name__} comparison is not allowed", column=col)
-            return Cmp(op, self.node(n.left), self.node(n.comparators[0]), match, col)
+            left, right = self.node(n.left), self.node(n.comparators[0])
+            if _is_text(left) or _is_text(right):
+                if not (_is_text(left) and _is_text(right)) or op not in (ast.Eq, ast.NotEq):
+                    raise ExprError(
+                        'strings can only be compared to labels.NAME with == or !=: labels.job == "api"', column=col
+                    )
+            return Cmp(op, left, right, match, col)
         if isinstance(n, ast.BoolOp):
             kind = "and" if isinstance(n.op, ast.And) else "or"
             node = self.node(n.values[0])
