@@ -920,6 +920,15 @@ def compile_expr(text: str, *, require_metric: bool = True) -> CompiledExpr:
         raise ExprError(f"syntax error: {e.msg}", column=e.offset - 1 if e.offset else len(src)) from None
     except (RecursionError, MemoryError, ValueError):
         raise ExprError(f"expression is nested more than {MAX_DEPTH} levels deep") from None
+    try:
+        return _compile_tree(src, tree, require_metric)
+    except ExprError as e:
+        if e.column is not None:  # the ast counts UTF-8 bytes; report characters
+            e.column = len(src.encode("utf-8", "surrogatepass")[: e.column].decode("utf-8", "ignore"))
+        raise
+
+
+def _compile_tree(src: str, tree: ast.Expression, require_metric: bool) -> CompiledExpr:
     _check_depth(tree)
     for node in ast.walk(tree):  # forbidden constructs first, wherever they are
         hint = _FORBIDDEN_HINTS.get(type(node))
@@ -930,10 +939,7 @@ def compile_expr(text: str, *, require_metric: bool = True) -> CompiledExpr:
             raise ExprError(_FORBIDDEN_HINTS[type(op)], column=node.col_offset)
     comp = _Compiler()
     root = comp.node(tree)
-    body = tree.body
-    presence = root.left if isinstance(root, Cmp) else root
-    if isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id in ("on", "ignoring"):
-        presence = root.left if isinstance(root, Cmp) else root
+    presence = root.left if isinstance(root, Cmp) else root  # where an alert's value comes from
     reads_value = "value" in comp.spans
     if require_metric and not comp.metrics and not reads_value:
         raise ExprError("expression reads no metric")

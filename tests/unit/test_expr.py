@@ -338,6 +338,13 @@ def test_rejected_at_compile_time(text, fragment):
     assert fragment in str(ei.value)
 
 
+def test_error_columns_count_characters_not_bytes():
+    text = "sum(select('größe{ort=\"köln\"}'), by=cpu)"
+    with pytest.raises(ExprError) as ei:
+        compile_expr(text)
+    assert text[ei.value.column :] == "cpu)"
+
+
 def test_errors_have_a_column():
     with pytest.raises(ExprError) as ei:
         compile_expr("a > > 1")

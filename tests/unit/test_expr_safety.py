@@ -416,7 +416,7 @@ def _check_result(rule: Rule, res, history) -> None:  # type: ignore[no-untyped-
         assert len(err) < 10_000, f"{len(err)}-character error for {rule.expr.text!r}"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
     st.one_of(PLAUSIBLE, PLAUSIBLE, PLAUSIBLE, EXPRESSIONS),
     histories(),
