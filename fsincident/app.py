@@ -24,7 +24,7 @@ from fsincident.evaluation.evaluator import Evaluator
 from fsincident.incidents.service import IncidentService
 from fsincident.notify.outbox import Deliverer, Notifiers
 from fsincident.notify.render import Renderer
-from fsincident.obs import Metrics, Redactor, get_logger, tune_gc
+from fsincident.obs import Metrics, Redactor, get_logger
 from fsincident.routing.tree import Route
 from fsincident.routing.tree import route as route_alert
 from fsincident.sources.runner import SourceRunner
@@ -130,7 +130,6 @@ class Daemon:
         self._set_secrets(self.config)
         await self.store.upgrade()
         await self.evaluator.restore()
-        tune_gc()  # long-lived objects (config, rule state, imports) leave the collector's young generations
         ctx = ApiContext(
             store=self.store,
             incidents=self.incidents,

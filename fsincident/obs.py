@@ -153,6 +153,9 @@ class Metrics:
             "fsincident_rule_series_evaluations_total", "Series evaluated across all rules.", registry=r
         )
         self.alerts = Gauge("fsincident_rule_alerts", "Series per alert state.", ["state"], registry=r)
+        self.history_bytes = Gauge(
+            "fsincident_rule_history_bytes", "Bytes held by the rules' in-memory series history.", registry=r
+        )
         self.flapping = Gauge(
             "fsincident_rule_flapping_alerts",
             "Pending or firing series that are flapping (held open instead of resolving and paging again).",

@@ -55,7 +55,7 @@ def _load(args: argparse.Namespace) -> config_mod.Config | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fsincident.app import Daemon
-    from fsincident.obs import Redactor, configure_logging, get_logger
+    from fsincident.obs import Redactor, configure_logging, get_logger, tune_gc
 
     cfg = _load(args)
     if cfg is None:
@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.error("start_failed", error=f"{type(e).__name__}: {e}")
             await daemon.stop(drain_seconds=0)
             return EXIT_FAIL
+        tune_gc()  # process-wide, so here and not in the embeddable Daemon
         await stop.wait()
         log.info("stopping", reason="signal")
         await daemon.stop()

@@ -167,14 +167,6 @@ def acknowledge(ack_timeout: timedelta | None, state: EscState, now: datetime) -
     return replace(state, due_at=now + ack_timeout, reason=ACK_TIMEOUT)
 
 
-URGENCIES = ("any", "high", "low")
-
-
 def urgency_of(severity: str) -> str:
     """An incident's urgency: ``critical`` is high, everything else low."""
     return "high" if severity == "critical" else "low"
-
-
-def contact_applies(contact_urgency: str, severity: str) -> bool:
-    """Whether a contact method with ``urgency`` (any | high | low) is used for an incident of ``severity``."""
-    return contact_urgency in ("any", "", None) or contact_urgency == urgency_of(severity)

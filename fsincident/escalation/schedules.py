@@ -494,24 +494,31 @@ class HandoffNotifier:
             state = (await s.exec(q)).first()
             last = ensure_utc(state.last_handoff_at) if state is not None else None
             overrides = await load_overrides(s, sch.name, (last or now) - CONTEXT, now + CONTEXT)
+            current = next((sh.user for sh in oncall(sch, overrides, now)), None)
             if state is None or last is None:
                 # First run: nothing in the past is announced.
                 if state is None:
-                    s.add(ScheduleState(schedule=sch.name, last_handoff_at=now))
+                    s.add(ScheduleState(schedule=sch.name, last_handoff_at=now, announced_user=current))
                 else:
-                    state.last_handoff_at = now
+                    state.last_handoff_at, state.announced_user = now, current
                     s.add(state)
                 log.info("handoffs_started", schedule=sch.name, at=isoformat(now))
             elif last < now:
+                announced = state.announced_user
                 for at, outgoing, incoming in handoffs(sch, overrides, last, now + _EPS):
                     at = at.astimezone(UTC)
                     if not last < at <= now:
                         continue
                     queued += self._queue(s, sch, overrides, at, outgoing, incoming, now)
+                    announced = incoming
+                if current is not None and current != announced:
+                    # Who is on call changed without a handoff inside (last, now]: an override created with a
+                    # start in the past, an override deleted mid-shift, a reload. Tell the person on call now.
+                    queued += self._queue(s, sch, overrides, now, announced, current, now)
                 res = await s.exec(  # type: ignore[call-overload]
                     sa.update(ScheduleState)
                     .where(col(ScheduleState.schedule) == sch.name, col(ScheduleState.last_handoff_at) == last)
-                    .values(last_handoff_at=now)
+                    .values(last_handoff_at=now, announced_user=current)
                 )
                 if res.rowcount != 1:
                     # Another instance advanced the mark first: roll back, its notices are the ones that count.

@@ -370,9 +370,9 @@ class EscalationService:
             out.skipped.append((via or target, f"user {user!r} is not configured"))
             return
         contacts = self.config.contacts(user)
-        chosen = [(i, c) for i, c in enumerate(contacts) if pol.contact_applies(c.urgency, severity)]
+        urgency = pol.urgency_of(severity)
+        chosen = [(i, c) for i, c in enumerate(contacts) if c.applies(urgency)]
         if not chosen:
-            urgency = pol.urgency_of(severity)
             why = "has no contact methods" if not contacts else f"has no contact method for {urgency} urgency"
             out.skipped.append((target, f"user {user!r} {why}"))
             return

@@ -57,14 +57,28 @@ class BacktestError(FsIncidentError):
 _NOW = re.compile(r"^now(?:\s*-\s*(?P<ago>\S+))?$")
 
 
+MIN_TIME = 0.0  # 1970-01-01
+MAX_TIME = 32503680000.0  # 3000-01-01: later (or earlier) times leave datetime's range in calculations
+
+
 def parse_time(text: str, *, now: datetime | None = None) -> float:
     """Unix seconds, ISO 8601 (``2024-05-01T12:00:00Z``, ``2024-05-01 12:00:00`` read as UTC) or ``now[-7d]``
-    as Unix seconds; raises ValueError saying what is accepted."""
+    as Unix seconds between 1970 and 3000; raises ValueError saying what is accepted."""
+    v = _parse_time(text, now)
+    if not MIN_TIME <= v < MAX_TIME:
+        raise ValueError(f"time {text!r} is out of range (1970 to 3000)")
+    return v
+
+
+def _parse_time(text: str, now: datetime | None) -> float:
     s = str(text).strip()
     m = _NOW.match(s)
     if m:
         base = (now or datetime.now(UTC)).timestamp()
-        return base - (parse_duration(m.group("ago")).total_seconds() if m.group("ago") else 0.0)
+        try:
+            return base - (parse_duration(m.group("ago")).total_seconds() if m.group("ago") else 0.0)
+        except OverflowError:
+            raise ValueError(f"invalid time {text!r}: too far back") from None
     try:
         v = float(s)
     except ValueError:
@@ -81,7 +95,10 @@ def parse_time(text: str, *, now: datetime | None = None) -> float:
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    try:
+        return dt.timestamp()
+    except (OverflowError, ValueError):
+        raise ValueError(f"time {text!r} is out of range (1970 to 3000)") from None
 
 
 def parse_labels(items: Iterable[str]) -> Labels:

@@ -306,12 +306,16 @@ class Evaluator:
                     done = await loop.run_in_executor(self._pool, self._compute, generation, now, snaps, plans, slos)
                 except RuntimeError:  # the worker was shut down: the daemon is stopping
                     return
-                if done is not None:  # None: a reload replaced the rules meanwhile; the next cycle uses them
+                if done is not None and generation == self._generation:  # else a reload replaced the rules
                     outcomes, budgets = done
                     for plan, outcome in zip(plans, outcomes, strict=True):
                         self._apply(plan.rule, outcome, now, transitions, upserts, deletes)
                     for slo, budget in zip(slos, budgets, strict=True):
                         self._set_budget(slo, budget, now)
+            if generation != self._generation:
+                # A reload replaced the rules while this cycle awaited a query or the worker: its results belong
+                # to rules that may be gone (applying them would recreate state the reload just resolved).
+                return
             if transitions or upserts or deletes:
                 await self._persist(transitions, upserts, deletes)
             self.metrics.rule_evaluations.labels(group.name).inc(len(group.rules))
@@ -633,6 +637,7 @@ class Evaluator:
         for k, v in counts.items():
             self.metrics.alerts.labels(k).set(v)
         self.metrics.flapping.set(flapping)
+        self.metrics.history_bytes.set(self._rs.history_bytes())
 
     # ---------------------------------------------------------------- API view
 

@@ -109,12 +109,8 @@ class RuleSet:
         self._series = {k: v for k, v in self._series.items() if k in keys}
         self._alert_labels.clear()
 
-    def sources(self) -> set[str]:
-        """Sources whose snapshots the rules read."""
-        return set(self._by_source)
-
     def history_bytes(self) -> int:
-        """Bytes held by all history arrays (for /metrics and the benchmark)."""
+        """Bytes held by all history arrays (``fsincident_rule_history_bytes``)."""
         return sum(h.nbytes() for h in self._hist.values())
 
     # ------------------------------------------------------------------------------------------ input
@@ -244,7 +240,7 @@ class RuleSet:
                 series = labels[i]
                 al = self._alert(rule, series)
                 v = float(values[i])
-                active[al.fingerprint] = (al, v if math.isfinite(v) or math.isinf(v) else None, series)
+                active[al.fingerprint] = (al, v, series)
         elif not math.isnan(out):
             series = Labels()
             al = self._alert(rule, series)

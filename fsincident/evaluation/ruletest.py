@@ -244,6 +244,16 @@ class FileResult:
 
 
 def _start_ms(v: str | float | None) -> int:
+    try:
+        ms = _start_ms_unchecked(v)
+    except OverflowError:
+        raise ValueError(f"start_timestamp {v!r} is out of range (1970 to 3000)") from None
+    if not 0 <= ms < 32503680000 * 1000:
+        raise ValueError(f"start_timestamp {v!r} is out of range (1970 to 3000)")
+    return ms
+
+
+def _start_ms_unchecked(v: str | float | None) -> int:
     if v is None:
         return 0
     if isinstance(v, int | float) and not isinstance(v, bool):

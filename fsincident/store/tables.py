@@ -48,7 +48,7 @@ class Incident(SQLModel, table=True):
     resolved_at: datetime | None = _ts()
     resolved_by: str | None = Field(default=None, max_length=200)
     # Escalation (issue #5): the policy fixed at creation, the next step to run and when it is due.
-    # ``esc_due_at`` NULL = nothing scheduled; ``esc_reason`` says what is due: step | ack_timeout | auto_resolve.
+    # ``esc_due_at`` NULL = nothing scheduled; ``esc_reason`` says what is due: step | ack_timeout.
     escalation_policy: str | None = Field(default=None, max_length=200)
     esc_step: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     esc_loop: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
@@ -197,6 +197,7 @@ class ScheduleState(SQLModel, table=True):
     __tablename__ = "schedule_state"
     schedule: str = Field(primary_key=True, max_length=200)
     last_handoff_at: datetime | None = _ts()
+    announced_user: str | None = Field(default=None, max_length=200)  # who the last notice (or start) saw on call
 
 
 class AuditLog(SQLModel, table=True):

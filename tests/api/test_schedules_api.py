@@ -729,6 +729,22 @@ async def test_handoff_notices_are_queued_once_per_handoff(tmp_path, db_url):
         done = await asyncio.gather(a.tick(clock.now()), b.tick(clock.now()))
         assert sorted(done) == [False, True]
         assert [r[:2] for r in await _handoff_rows(store)][3:] == [("user:bob", 0)]
+
+        # An override whose start is already past changes who is on call with no handoff ahead: still announced,
+        # and deleting it mid-shift announces the person who is back on call.
+        clock.advance(timedelta(hours=2))
+        ov = await svc.create_override(
+            "primary", who="alice", start=clock.now() - timedelta(hours=1), end=clock.now() + timedelta(hours=3), by="x"
+        )
+        assert await notifier().tick(clock.now()) is True
+        rows = await _handoff_rows(store)
+        assert [r[:2] for r in rows][4:] == [("user:alice", 0)] and "Handed over by bob." in rows[-1][2]
+        assert await notifier().tick(clock.now()) is False
+        clock.advance(timedelta(minutes=30))
+        await svc.delete_override("primary", ov["id"], by="x")
+        assert await notifier().tick(clock.now()) is True
+        rows = await _handoff_rows(store)
+        assert [r[:2] for r in rows][5:] == [("user:bob", 0)] and "Handed over by alice." in rows[-1][2]
     finally:
         await store.close()
 

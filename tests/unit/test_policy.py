@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsincident.config import EscalationPolicy, Step
+from fsincident.config.model import ContactOptions
 from fsincident.escalation import policy as pol
 
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
@@ -177,4 +178,5 @@ def test_a_reload_that_adds_passes_continues_an_exhausted_pointer():
     ],
 )
 def test_contact_urgency_filter(urgency, severity, used):
-    assert pol.contact_applies(urgency, severity) is used
+    contact = ContactOptions(url="json://127.0.0.1:1/x", urgency=urgency)
+    assert contact.applies(pol.urgency_of(severity)) is used

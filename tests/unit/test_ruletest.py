@@ -510,3 +510,19 @@ def test_annotations_must_match_exactly_and_the_diff_shows_each_difference():
         '      expected: "b"',
         '      got:      "a"',
     ]
+
+
+@pytest.mark.parametrize("value", ["inf", ".inf", "1e15", "-5", "9999-01-01T00:00:00Z"])
+def test_start_timestamp_out_of_range_is_a_located_problem(tmp_path, value):
+    from fsincident.evaluation.ruletest import _start_ms
+
+    with pytest.raises(ValueError, match="start_timestamp"):
+        _start_ms(value)
+
+
+@pytest.mark.parametrize("text", ["1e15", "-1e13", "now-100000000d", "9999-01-01 00:00:00"])
+def test_backtest_times_out_of_range_are_refused(text):
+    from fsincident.evaluation.backtest import parse_time
+
+    with pytest.raises(ValueError, match=r"out of range|too far"):
+        parse_time(text)

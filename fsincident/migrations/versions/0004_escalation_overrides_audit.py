@@ -50,6 +50,7 @@ def upgrade() -> None:
     op.create_table('schedule_state',
     sa.Column('schedule', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('last_handoff_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('announced_user', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.PrimaryKeyConstraint('schedule', name=op.f('pk_schedule_state'))
     )
     with op.batch_alter_table('incident', schema=None) as batch_op:
