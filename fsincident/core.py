@@ -288,3 +288,14 @@ def format_duration(td: timedelta) -> str:
         secs, frac = divmod(micros, 1_000_000)
         out.append(f"{secs}.{frac:06d}".rstrip("0").rstrip(".") + "s")
     return sign + "".join(out)
+
+
+def storable_text(text: str) -> bool:
+    """Text both databases can store: UTF-8 encodable (no lone surrogates) and free of NUL (PostgreSQL)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fsincident.core import IncidentState, TransitionError
+from fsincident.core import IncidentState, TransitionError, storable_text
 from fsincident.evaluation.evaluator import Evaluator
 from fsincident.incidents.service import IncidentService, NotFound
 from fsincident.obs import Metrics, get_logger
@@ -104,6 +104,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "missing bearer token", "send Authorization: Bearer TOKEN")
+    await authorize(request, secret, required)
+    return await handler(request)
+
+
+async def authorize(request: web.Request, secret: str, required: str) -> None:
+    """Check a token secret for scope ``required`` and remember its name; raises ApiError 401/403."""
     tok = await request.app[CTX].store.find_token(secret.strip())
     if tok is None:
         raise ApiError(401, "invalid token")
@@ -113,7 +119,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if required not in granted:
         raise ApiError(403, f"token {tok.name!r} lacks scope {required!r}", {"scopes": tok.scopes.split(",")})
     request[TOKEN_NAME] = tok.name
-    return await handler(request)
 
 
 async def json_body(request: web.Request, allowed: dict[str, type]) -> dict[str, Any]:
@@ -135,20 +140,9 @@ async def json_body(request: web.Request, allowed: dict[str, type]) -> dict[str,
     for k, typ in allowed.items():
         if k in data and data[k] is not None and not isinstance(data[k], typ):
             raise ApiError(400, f"field {k!r} must be a {typ.__name__}")
-        if isinstance(data.get(k), str) and not _storable(data[k]):
+        if isinstance(data.get(k), str) and not storable_text(data[k]):
             raise ApiError(400, f"field {k!r} contains a NUL character or an unpaired surrogate")
     return data
-
-
-def _storable(text: str) -> bool:
-    """Text both databases can store: UTF-8 encodable (no lone surrogates) and free of NUL (PostgreSQL)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 MAX_ID = 2**31 - 1  # incident.id is a 32-bit INTEGER on PostgreSQL; larger values fail there at bind time

@@ -12,7 +12,7 @@ from typing import Any
 import icalendar
 from aiohttp import web
 
-from fsincident.api import CTX, GRANTS, MAX_ID, TOKEN_NAME, ApiError, json_body, scope
+from fsincident.api import CTX, MAX_ID, TOKEN_NAME, ApiError, authorize, json_body, scope
 from fsincident.core import isoformat
 from fsincident.escalation.schedules import (
     ScheduleError,
@@ -223,15 +223,7 @@ async def _feed_auth(request: web.Request) -> None:
         secret = request.query.get("token", "")
         if not secret.strip():
             raise ApiError(401, "missing token", "calendar feeds take ?token=TOKEN (a read-scope token)")
-    tok = await request.app[CTX].store.find_token(secret.strip())
-    if tok is None:
-        raise ApiError(401, "invalid token")
-    granted: set[str] = set()
-    for s in tok.scopes.split(","):
-        granted |= GRANTS.get(s.strip(), set())
-    if "read" not in granted:
-        raise ApiError(403, f"token {tok.name!r} lacks scope 'read'", {"scopes": tok.scopes.split(",")})
-    request[TOKEN_NAME] = tok.name
+    await authorize(request, secret, "read")
 
 
 def calendar(title: str, items: list[UserShift], now: datetime) -> bytes:

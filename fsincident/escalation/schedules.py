@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fsincident.config import Config, Schedule
-from fsincident.core import Clock, FsIncidentError, ensure_utc, isoformat, parse_duration
+from fsincident.core import Clock, FsIncidentError, ensure_utc, isoformat, parse_duration, storable_text
 from fsincident.escalation.oncall import Override, Shift, final_shifts, handoffs, oncall
 from fsincident.obs import Metrics, get_logger
 from fsincident.store import Store
@@ -175,16 +175,6 @@ def _to_override(row: ScheduleOverride) -> Override:
         end=ensure_utc(row.ends_at),  # type: ignore[arg-type]
         replaces=row.replaces,
     )
-
-
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def load_overrides(s: AsyncSession, schedule: str, start: datetime, end: datetime) -> list[Override]:
@@ -343,7 +333,7 @@ class ScheduleService:
         if note is not None and len(note) > 2000:
             raise ScheduleError("'note' is longer than 2000 characters")
         for field, value in (("by", by), ("note", note)):
-            if value is not None and not _storable(value):
+            if value is not None and not storable_text(value):
                 raise ScheduleError(f"{field!r} contains a NUL character or an unpaired surrogate")
         by = by.strip()[:200] or SYSTEM_ACTOR
         async with self.store.session() as s:

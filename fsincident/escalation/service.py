@@ -145,10 +145,8 @@ class EscalationService:
     def acknowledged(self, policy: str, now: datetime) -> dict[str, Any]:
         """Columns of an acknowledged incident: no step is due, only the policy's ack timeout (if it has one)."""
         p = self.config.policy(policy)
-        ack_timeout = p.ack_timeout if p is not None else None
-        if ack_timeout is None:
-            return {"esc_due_at": None, "esc_reason": None}
-        return {"esc_due_at": now + ack_timeout, "esc_reason": pol.ACK_TIMEOUT}
+        st = pol.acknowledge(p.ack_timeout if p is not None else None, pol.EscState(0, 0, now, None), now)
+        return {"esc_due_at": st.due_at, "esc_reason": st.reason}
 
     # ------------------------------------------------------------------ the engine module
 
