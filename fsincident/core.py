@@ -174,6 +174,43 @@ class Routed:
     targets: tuple[str, ...]
     auto_resolve: bool = True
     escalation_policy: str | None = None
+    receiver: str = "none"
+    group_wait: timedelta = timedelta(0)
+    group_interval: timedelta = timedelta(minutes=5)
+    repeat_interval: timedelta | None = None
+    mute_time_intervals: tuple[str, ...] = ()
+    active_time_intervals: tuple[str, ...] = ()
+
+    def grouping(self) -> dict[str, object]:
+        """The JSON form stored on an incident (``incident.grouping``): receiver, timing in seconds, intervals."""
+        return {
+            "receiver": self.receiver,
+            "group_wait": self.group_wait.total_seconds(),
+            "group_interval": self.group_interval.total_seconds(),
+            "repeat_interval": None if self.repeat_interval is None else self.repeat_interval.total_seconds(),
+            "mute_time_intervals": list(self.mute_time_intervals),
+            "active_time_intervals": list(self.active_time_intervals),
+        }
+
+
+@dataclass(frozen=True)
+class MuteStatus:
+    """Why an alert pages nobody right now: the ids of the silences and the fingerprints of the alerts that
+    inhibit it (both empty: it is not muted)."""
+
+    silenced_by: tuple[str, ...] = ()
+    inhibited_by: tuple[str, ...] = ()
+
+    @property
+    def muted(self) -> bool:
+        return bool(self.silenced_by or self.inhibited_by)
+
+
+class Muter(Protocol):
+    """Asked by the delivery stage (and the Alertmanager API) whether label sets are silenced or inhibited at
+    ``now``; implemented by ``silences.service.SilenceService``. Never raises for unknown labels."""
+
+    async def status(self, label_sets: list[Mapping[str, str]], now: datetime) -> list[MuteStatus]: ...
 
 
 # --------------------------------------------------------------------------- time

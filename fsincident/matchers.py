@@ -178,3 +178,61 @@ def parse_selector(text: str) -> Selector:
     if metric is None:
         raise MatcherError("a selector needs a metric name")
     return Selector(metric, matchers)
+
+
+_AM_MATCHER = re.compile(r"\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|=|!=|!~)\s*(.*?)\s*", re.DOTALL)
+
+
+def parse_matcher_list(text: str) -> tuple[Matcher, ...]:
+    """Alertmanager's matcher list (routes, inhibit rules, amtool): ``a="b"``, ``a=~b`` (value unquoted),
+    ``a=b, c!="d"`` or ``{a="b", c!~"x"}``; a comma inside double quotes belongs to the value, ``\\"``
+    ``\\\\`` and ``\\n`` are escapes. Raises MatcherError naming the bad matcher."""
+    t = text.strip()
+    t = t[1:] if t.startswith("{") else t
+    t = t[:-1] if t.endswith("}") else t
+    tokens: list[str] = []
+    token: list[str] = []
+    quoted = escaped = False
+    for c in t:
+        if c == "," and not quoted:
+            tokens.append("".join(token))
+            token = []
+            continue
+        if c == '"' and not escaped:
+            quoted = not quoted
+        escaped = c == "\\" and not escaped
+        token.append(c)
+    if "".join(token).strip():
+        tokens.append("".join(token))  # a trailing comma is allowed
+    if not tokens:
+        raise MatcherError("empty matcher")
+    return tuple(_am_matcher(tok) for tok in tokens)
+
+
+def _am_matcher(token: str) -> Matcher:
+    m = _AM_MATCHER.fullmatch(token)
+    if not m:
+        raise MatcherError(f'bad matcher {token.strip()!r}: write name="value" (or != =~ !~)')
+    name, op, raw = m.groups()
+    quoted = raw.startswith('"')
+    if quoted:
+        raw = raw[1:]
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\" and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            out.append({"n": "\n", '"': '"', "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        if c == '"':
+            if not quoted or i != len(raw) - 1:
+                raise MatcherError(f"unescaped double quote in the value of {token.strip()!r}")
+            quoted = False
+        else:
+            out.append(c)
+        i += 1
+    if quoted:
+        raise MatcherError(f"unterminated string in {token.strip()!r}")
+    return Matcher.make(name, op, "".join(out))

@@ -7,6 +7,7 @@ package uses (``fsincident.sources`` / ``fsincident.notifiers``); the YAML ``typ
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
@@ -137,6 +138,11 @@ class Message:
     body: str
     kind: str  # trigger | acknowledge | resolve | info
     severity: str = "warning"
+    data: Mapping[str, Any] | None = None
+    """The page as structured data, for formats that need it (``webhook`` with ``format: alertmanager``):
+    ``incident`` (the API form), ``alerts`` (each with fingerprint, labels, annotations, state, starts_at,
+    ends_at, generator_url), ``group_key``, ``group_labels``, ``receiver``, ``reason``, ``external_url``.
+    None for messages that are not about an incident (handoff notices)."""
 
 
 @runtime_checkable

@@ -17,13 +17,19 @@ from pydantic import ValidationError
 from fsincident import plugins
 from fsincident.appriseurl import check_apprise_url
 from fsincident.config.model import (
+    AlertmanagerApiOptions,
     ContactOptions,
     DaemonOptions,
     DeliveryOptions,
     GroupOptions,
+    InhibitRuleOptions,
+    IntegrationOptions,
     RouteOptions,
     RuleFileOptions,
     RuleOptions,
+    SilencesOptions,
+    TimeIntervalOptions,
+    TimeIntervalSpec,
     UserOptions,
 )
 from fsincident.config.oncall import (
@@ -39,9 +45,11 @@ from fsincident.config.oncall import (
 from fsincident.config.rule import DEFAULT_INTERVAL, Rule, RuleGroup
 from fsincident.config.slo import Slo, load_slos
 from fsincident.config.yamlmarks import Document, load_yaml, pydantic_problems
-from fsincident.core import ConfigError, Problem
+from fsincident.core import ConfigError, Problem, valid_label_name
 from fsincident.expr import CompiledExpr, ExprError, compile_expr
+from fsincident.matchers import Matcher, MatcherError, parse_matcher_list
 from fsincident.sandbox import CompiledTemplate, TemplateProblem
+from fsincident.timeintervals import interval_problems
 
 MAIN_FILE = "fsincident.yaml"
 TEMPLATE_NAMES = ("title", "message")
@@ -89,6 +97,11 @@ class Config:
     """SLOs; each one's burn-rate rules are also in ``groups`` (a group named after the SLO)."""
     schedules: tuple[Schedule, ...] = field(default=())
     escalation_policies: tuple[EscalationPolicy, ...] = field(default=())
+    time_intervals: tuple[TimeIntervalOptions, ...] = field(default=())
+    inhibit_rules: tuple[InhibitRuleOptions, ...] = field(default=())
+    integrations: tuple[IntegrationOptions, ...] = field(default=())
+    alertmanager: AlertmanagerApiOptions = field(default_factory=AlertmanagerApiOptions)
+    silences: SilencesOptions = field(default_factory=SilencesOptions)
 
     @property
     def host(self) -> str:
@@ -364,6 +377,193 @@ def _read(path: Path, problems: list[Problem]) -> str | None:
     return None
 
 
+def _check_route(
+    doc: Document,
+    path: tuple[Any, ...],
+    raw: Any,
+    known: dict[str, set[str]],
+    policy_names: set[str],
+    interval_names: set[str],
+    problems: list[Problem],
+) -> RouteOptions | None:
+    """Validate one route, then each of its child routes on its own (a bad child is reported once, at its own
+    path, and hides nothing of its parent or siblings); None when the route itself is invalid."""
+    children = raw.get("routes") if isinstance(raw, dict) else None
+    own = {k: v for k, v in raw.items() if k != "routes"} if isinstance(children, list) else raw
+    try:
+        route: RouteOptions | None = RouteOptions.model_validate(own)
+    except ValidationError as e:
+        problems.extend(pydantic_problems(doc, path, e))
+        notify = raw.get("notify") if isinstance(raw, dict) else None
+        if isinstance(notify, list):
+            check_targets(doc, (*path, "notify"), notify, known, problems)
+        route = None
+    if route is not None:
+        _check_route_fields(doc, path, route, known, policy_names, interval_names, problems)
+    kids = [
+        _check_route(doc, (*path, "routes", j), child, known, policy_names, interval_names, problems)
+        for j, child in enumerate(children if isinstance(children, list) else [])
+    ]
+    if route is None:
+        return None
+    return route.model_copy(update={"routes": [k for k in kids if k is not None]})
+
+
+def _check_route_fields(
+    doc: Document,
+    path: tuple[Any, ...],
+    route: RouteOptions,
+    known: dict[str, set[str]],
+    policy_names: set[str],
+    interval_names: set[str],
+    problems: list[Problem],
+) -> None:
+    """The checks of one route that pydantic cannot make: targets, names, matchers, grouping, timing."""
+    check_targets(doc, (*path, "notify"), route.notify or [], known, problems)
+    if route.escalation_policy is not None and route.escalation_policy not in policy_names:
+        problems.append(
+            doc.problem((*path, "escalation_policy"), f"unknown escalation policy {route.escalation_policy!r}")
+        )
+    group_by = route.group_by or []
+    for j, name in enumerate(group_by):
+        if name != "..." and not valid_label_name(name):
+            problems.append(doc.problem((*path, "group_by", j), f"invalid label name {name!r}"))
+        elif name in group_by[:j]:
+            problems.append(doc.problem((*path, "group_by", j), f"{name!r} is listed twice"))
+    for k, v in route.match_re.items():
+        try:
+            Matcher.make(k, "=~", v)
+        except MatcherError as e:
+            problems.append(doc.problem((*path, "match_re", k), str(e)))
+    for j, text in enumerate(route.matchers):
+        try:
+            parse_matcher_list(text)
+        except MatcherError as e:
+            problems.append(doc.problem((*path, "matchers", j), str(e)))
+    for key in ("group_interval", "repeat_interval"):
+        if getattr(route, key) == timedelta(0):
+            problems.append(doc.problem((*path, key), "must not be zero"))
+    for key in ("mute_time_intervals", "active_time_intervals"):
+        for j, name in enumerate(getattr(route, key)):
+            if name not in interval_names:
+                problems.append(doc.problem((*path, key, j), f"unknown time interval {name!r}"))
+
+
+@dataclass(frozen=True)
+class _AlertmanagerSections:
+    time_intervals: tuple[TimeIntervalOptions, ...] = ()
+    inhibit_rules: tuple[InhibitRuleOptions, ...] = ()
+    integrations: tuple[IntegrationOptions, ...] = ()
+    interval_names: frozenset[str] = frozenset()  # every name given, valid or not: routes naming it are fine
+
+
+_RANGE_KEYS = ("weekdays", "days_of_month", "months", "years")
+
+
+def _numbers_as_text(spec: Any) -> Any:
+    """A time interval entry with YAML numbers (``days_of_month: [1, -1]``, ``years: [2026]``) as text, as
+    Alertmanager reads them; the raw entry keeps them for messages about unquoted ``17:00`` (a base-60 number)."""
+    if not isinstance(spec, dict):
+        return spec
+
+    def text(v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    out = dict(spec)
+    for key in _RANGE_KEYS:
+        if isinstance(out.get(key), list):
+            out[key] = [text(v) for v in out[key]]
+    if isinstance(out.get("times"), list):
+        out["times"] = [{k: text(v) for k, v in t.items()} if isinstance(t, dict) else t for t in out["times"]]
+    return out
+
+
+def _check_time_interval(doc: Document, i: int, raw: Any, problems: list[Problem]) -> TimeIntervalOptions | None:
+    path: tuple[Any, ...] = ("time_intervals", i)
+    specs = raw.get("time_intervals") if isinstance(raw, dict) else None
+    data = {**raw, "time_intervals": [_numbers_as_text(s) for s in specs]} if isinstance(specs, list) else raw
+    try:
+        interval: TimeIntervalOptions | None = TimeIntervalOptions.model_validate(data)
+    except ValidationError as e:
+        problems.extend(pydantic_problems(doc, path, e))
+        interval = None
+    for j, spec in enumerate(specs if isinstance(specs, list) else []):
+        if not isinstance(spec, dict):
+            continue
+        try:  # fields of the wrong shape were reported above; the others get the field checks
+            TimeIntervalSpec.model_validate(_numbers_as_text(spec))
+            checked = spec
+        except ValidationError as e:
+            bad = {err["loc"][0] for err in e.errors() if err["loc"]}
+            checked = {k: v for k, v in spec.items() if k not in bad and k in TimeIntervalSpec.model_fields}
+        for where, message in interval_problems(checked):
+            problems.append(doc.problem((*path, "time_intervals", j, *where), message))
+    return interval
+
+
+def _check_inhibit_rule(doc: Document, i: int, raw: Any, problems: list[Problem]) -> InhibitRuleOptions | None:
+    path: tuple[Any, ...] = ("inhibit_rules", i)
+    try:
+        rule = InhibitRuleOptions.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(pydantic_problems(doc, path, e))
+        return None
+    for key in ("source_matchers", "target_matchers"):
+        for j, text in enumerate(getattr(rule, key)):
+            try:
+                parse_matcher_list(text)
+            except MatcherError as e:
+                problems.append(doc.problem((*path, key, j), str(e)))
+    for j, name in enumerate(rule.equal):
+        if not valid_label_name(name):
+            problems.append(doc.problem((*path, "equal", j), f"invalid label name {name!r}"))
+    if not (rule.source_matchers or rule.source_match):
+        problems.append(doc.problem(path, "needs source_matchers (or source_match): which alerts inhibit"))
+    if not (rule.target_matchers or rule.target_match):
+        problems.append(doc.problem(path, "needs target_matchers (or target_match): which alerts are inhibited"))
+    return rule
+
+
+def _check_alertmanager_sections(
+    doc: Document, lists: dict[str, list[Any] | None], problems: list[Problem]
+) -> _AlertmanagerSections:
+    """``time_intervals``, ``inhibit_rules`` and ``integrations``, item by item (one bad item hides nothing):
+    names unique, matchers and windows valid; every problem located."""
+    intervals: list[TimeIntervalOptions] = []
+    names: set[str] = set()
+    for i, raw in enumerate(lists.get("time_intervals") or []):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str) and name in names:
+            problems.append(doc.problem(("time_intervals", i, "name"), f"duplicate time interval name {name!r}"))
+        if isinstance(name, str):
+            names.add(name)
+        ti = _check_time_interval(doc, i, raw, problems)
+        if ti is not None:
+            intervals.append(ti)
+    rules = [_check_inhibit_rule(doc, i, raw, problems) for i, raw in enumerate(lists.get("inhibit_rules") or [])]
+    integrations: list[IntegrationOptions] = []
+    seen: set[str] = set()
+    keys: set[str] = set()
+    for i, raw in enumerate(lists.get("integrations") or []):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str) and name in seen:
+            problems.append(doc.problem(("integrations", i, "name"), f"duplicate integration name {name!r}"))
+        if isinstance(name, str):
+            seen.add(name)
+        try:
+            integ = IntegrationOptions.model_validate(raw)
+        except ValidationError as e:
+            problems.extend(pydantic_problems(doc, ("integrations", i), e))
+            continue
+        if integ.routing_key in keys:  # never echo the key: it is a secret
+            problems.append(doc.problem(("integrations", i, "routing_key"), "the same routing_key is used twice"))
+        keys.add(integ.routing_key)
+        integrations.append(integ)
+    return _AlertmanagerSections(
+        tuple(intervals), tuple(r for r in rules if r is not None), tuple(integrations), frozenset(names)
+    )
+
+
 def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
     """Load and validate ``DIR/fsincident.yaml`` and ``DIR/rules.d/*.yaml``; raises ConfigError with all problems."""
     root = Path(directory)
@@ -379,6 +579,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
     else:
         doc = Document(str(main), {}, {(): 1})
     options = None
+    am = _AlertmanagerSections()
     users: list[UserOptions] = []
     schedules: list[Schedule] = []
     policies: list[EscalationPolicy] = []
@@ -392,7 +593,10 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         else:
             # Settings and each item of the list sections are validated separately: one bad item hides nothing.
             data, lists = dict(doc.data), {}
-            for section in ("sources", "channels", "users", "schedules", "escalation_policies", "routes"):
+            for section in (
+                *("sources", "channels", "users", "schedules", "escalation_policies", "routes"),
+                *("time_intervals", "inhibit_rules", "integrations"),
+            ):
                 data, lists[section] = _split(data, section)
             try:
                 options = DaemonOptions.model_validate(data)
@@ -427,27 +631,12 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             known = {"channel": channel_names, "user": user_names, "schedule": schedule_names}
             policy_names: set[str] = set()
             policies = load_policies(doc, lists["escalation_policies"] or [], known, policy_names, problems)
+            am = _check_alertmanager_sections(doc, lists, problems)
+            interval_names = set(am.interval_names)
             for i, raw in enumerate(lists["routes"] or []):
-                try:
-                    route = RouteOptions.model_validate(raw)
-                except ValidationError as e:
-                    problems.extend(pydantic_problems(doc, ("routes", i), e))
-                    notify = raw.get("notify") if isinstance(raw, dict) else None
-                    if isinstance(notify, list):
-                        check_targets(doc, ("routes", i, "notify"), notify, known, problems)
-                    continue
-                routes.append(route)
-                check_targets(doc, ("routes", i, "notify"), route.notify, known, problems)
-                if route.escalation_policy is not None and route.escalation_policy not in policy_names:
-                    problems.append(
-                        doc.problem(
-                            ("routes", i, "escalation_policy"),
-                            f"unknown escalation policy {route.escalation_policy!r}",
-                        )
-                    )
-                for j, name in enumerate(route.group_by or []):
-                    if name != "..." and not name.isidentifier():
-                        problems.append(doc.problem(("routes", i, "group_by", j), f"invalid label name {name!r}"))
+                route = _check_route(doc, ("routes", i), raw, known, policy_names, interval_names, problems)
+                if route is not None:
+                    routes.append(route)
     source_map: dict[str, plugins.SourceOptions | None] = dict.fromkeys(source_names)
     source_map.update({s.name: s for s in sources})
     groups: list[RuleGroup] = []
@@ -513,6 +702,11 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         slos=tuple(slos),
         schedules=tuple(schedules),
         escalation_policies=tuple(policies),
+        time_intervals=am.time_intervals,
+        inhibit_rules=am.inhibit_rules,
+        integrations=am.integrations,
+        alertmanager=options.alertmanager,
+        silences=options.silences,
     )
 
 

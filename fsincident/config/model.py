@@ -55,7 +55,7 @@ ExternalUrl = Annotated[
 def _tz(v: str) -> str:
     try:
         zoneinfo.ZoneInfo(v)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         raise ValueError(f"unknown time zone {v!r}") from None
     return v
 
@@ -200,11 +200,86 @@ class EscalationPolicyOptions(Options):
 
 
 class RouteOptions(Options):
+    """One node of the route tree (Alertmanager's semantics): an alert descends into the first matching child
+    (or several with ``continue``); timing, grouping and targets are inherited from the parent when unset."""
+
     match: LabelMap = Field(default_factory=dict)
-    notify: list[Target] = Field(default_factory=list)
+    match_re: LabelMap = Field(default_factory=dict)
+    matchers: list[str] = Field(default_factory=list)
+    receiver: Name | None = None
+    notify: list[Target] | None = None
     escalation_policy: Name | None = None
     group_by: list[str] | None = None
-    auto_resolve: bool = True
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+    continue_: bool = Field(False, alias="continue")
+    mute_time_intervals: list[Name] = Field(default_factory=list)
+    active_time_intervals: list[Name] = Field(default_factory=list)
+    auto_resolve: bool | None = None
+    routes: list[RouteOptions] = Field(default_factory=list)
+
+
+class TimeRangeOptions(Options):
+    """``start_time``/``end_time`` of a time interval: ``HH:MM`` local time, end exclusive, ``24:00`` allowed."""
+
+    start_time: str
+    end_time: str
+
+
+class TimeIntervalSpec(Options):
+    """One recurring window (Alertmanager's ``time_intervals`` entry): every given field must match; an
+    omitted field matches always. Ranges are written ``monday:friday``, ``1:5``, ``-1`` (last day),
+    ``january:march``, ``2026:2027``."""
+
+    times: list[TimeRangeOptions] | None = None
+    weekdays: list[str] | None = None
+    days_of_month: list[str] | None = None
+    months: list[str] | None = None
+    years: list[str] | None = None
+    location: TimeZone = "UTC"
+
+
+class TimeIntervalOptions(Options):
+    """A named set of recurring windows, used by routes' ``mute_time_intervals``/``active_time_intervals``."""
+
+    name: Name
+    time_intervals: list[TimeIntervalSpec] = Field(min_length=1)
+
+
+class InhibitRuleOptions(Options):
+    """A firing alert matching ``source_matchers`` mutes alerts matching ``target_matchers`` that have the same
+    values of the ``equal`` labels (Alertmanager's inhibition; ``source_match``/``target_match`` are the legacy
+    equality form)."""
+
+    source_matchers: list[str] = Field(default_factory=list)
+    target_matchers: list[str] = Field(default_factory=list)
+    source_match: LabelMap = Field(default_factory=dict)
+    target_match: LabelMap = Field(default_factory=dict)
+    equal: list[str] = Field(default_factory=list)
+
+
+class IntegrationOptions(Options):
+    """An inbound integration: events carrying ``routing_key`` get ``labels`` added (PagerDuty Events v2)."""
+
+    name: Name
+    type: Literal["pagerduty"]
+    routing_key: str = Field(min_length=1, max_length=256)
+    labels: LabelMap = Field(default_factory=dict)
+
+
+class AlertmanagerApiOptions(Options):
+    """``alertmanager:`` — the Alertmanager-compatible API: an alert posted without ``endsAt`` resolves this
+    long after it was last posted (Alertmanager's ``resolve_timeout``)."""
+
+    resolve_timeout: Duration = timedelta(minutes=5)
+
+
+class SilencesOptions(Options):
+    """``silences:`` — ``expiry_notice``: when a silence ends while alerts it muted still fire, page their
+    incidents again at once (instead of staying quiet until the next repeat; alertmanager#730)."""
+
+    expiry_notice: bool = True
 
 
 class DaemonOptions(Options):
@@ -221,6 +296,11 @@ class DaemonOptions(Options):
     schedules: list[ScheduleOptions] = Field(default_factory=list)
     escalation_policies: list[EscalationPolicyOptions] = Field(default_factory=list)
     routes: list[RouteOptions] = Field(default_factory=list)
+    time_intervals: list[TimeIntervalOptions] = Field(default_factory=list)
+    inhibit_rules: list[InhibitRuleOptions] = Field(default_factory=list)
+    integrations: list[IntegrationOptions] = Field(default_factory=list)
+    alertmanager: AlertmanagerApiOptions = Field(default_factory=AlertmanagerApiOptions)
+    silences: SilencesOptions = Field(default_factory=SilencesOptions)
 
 
 ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"

@@ -112,7 +112,7 @@ class CheckOptions(Options):
         if v is not None:
             try:
                 ZoneInfo(v)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
                 raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from None
         return v
 

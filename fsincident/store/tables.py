@@ -56,6 +56,15 @@ class Incident(SQLModel, table=True):
     esc_due_at: datetime | None = _ts(index=True)
     esc_reason: str | None = Field(default=None, max_length=20)
     resolve_due_at: datetime | None = _ts(index=True)
+    # Grouping (issue #6): the route's receiver, timing and time intervals fixed at creation (Routed.grouping()),
+    # when the group was last notified, and the next group notification due (``notify_reason``: trigger |
+    # update | repeat | unmuted).
+    grouping: dict[str, Any] = Field(
+        default_factory=dict, sa_type=sa.JSON, nullable=False, sa_column_kwargs={"server_default": "{}"}
+    )
+    notified_at: datetime | None = _ts()
+    notify_due_at: datetime | None = _ts(index=True)
+    notify_reason: str | None = Field(default=None, max_length=20)
 
 
 class Alert(SQLModel, table=True):
@@ -151,6 +160,8 @@ class Outbox(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=2000)
     created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     sent_at: datetime | None = _ts()
+    data: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
+    """The page as structured data (incident, alerts, group) for channel formats that need it."""
 
 
 class ApiToken(SQLModel, table=True):
@@ -210,3 +221,38 @@ class AuditLog(SQLModel, table=True):
     action: str = Field(max_length=60)
     object: str = Field(max_length=300)
     data: dict[str, Any] = _json()
+
+
+class Silence(SQLModel, table=True):
+    """A silence: alerts matching all ``matchers`` page nobody from ``starts_at`` to ``ends_at``.
+
+    ``matchers`` is Alertmanager's form, a list of ``{name, value, isRegex, isEqual}``. Expiring sets
+    ``ends_at`` to now. ``expiry_handled`` is set once the expiry notice (alertmanager#730) was considered.
+    """
+
+    __tablename__ = "silence"
+    id: str = Field(primary_key=True, max_length=36)
+    matchers: list[dict[str, Any]] = _json(list)
+    starts_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    ends_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    created_by: str = Field(max_length=200)
+    comment: str = Field(default="", sa_type=sa.Text, nullable=False)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    expiry_handled: bool = Field(default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()})
+
+
+class IngestedAlert(SQLModel, table=True):
+    """An alert received over the Alertmanager API or PagerDuty Events (``origin``: ``alertmanager`` |
+    ``pagerduty:INTEGRATION``): firing until ``ends_at`` passes or it is resolved, then ``resolved``."""
+
+    __tablename__ = "ingested_alert"
+    fingerprint: str = Field(primary_key=True, max_length=32)
+    origin: str = Field(max_length=300)
+    labels: dict[str, str] = _json()
+    annotations: dict[str, str] = _json()
+    generator_url: str = Field(default="", sa_type=sa.Text, nullable=False)
+    state: str = Field(max_length=20, index=True)
+    starts_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    ends_at: datetime | None = _ts(index=True)
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)

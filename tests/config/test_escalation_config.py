@@ -81,11 +81,11 @@ def test_policies_routes_and_contacts(conf: ConfDir):
 
     # Routing hands the policy on, next to the route's direct targets.
     routes = routes_of(cfg)
-    infra = route(routes, {"team": "infra", "alertname": "Down"})
+    [infra] = route(routes, {"team": "infra", "alertname": "Down"})
     assert (infra.escalation_policy, infra.targets) == ("infra", ())
-    db = route(routes, {"team": "db"})
+    [db] = route(routes, {"team": "db"})
     assert (db.escalation_policy, db.targets) == ("one", ("channel:ops",))
-    other = route(routes, {"team": "web"})
+    [other] = route(routes, {"team": "web"})
     assert (other.escalation_policy, other.targets) == (None, ("channel:ops",))
 
     # Contacts: a plain URL is immediate and for every urgency.

@@ -24,7 +24,8 @@ TARGET_HINT = "write channel:NAME, user:NAME or schedule:NAME"
         ),
         (("channels:", "  - {name: c, urls: ['json://h/'], url: x}"), ["2: channels[0].url: unknown key"]),
         (("users:", "  - {name: u, email: u@example.com}"), ["2: users[0].email: unknown key"]),
-        (("routes:", "  - {matchers: {a: b}}"), ["2: routes[0].matchers: unknown key"]),
+        (("routes:", "  - {matches: {a: b}}"), ["2: routes[0].matches: unknown key"]),
+        (("routes:", "  - {matchers: {a: b}}"), ["2: routes[0].matchers: Input should be a valid list"]),
         (("delivery:", "  retries: 3"), ["2: delivery.retries: unknown key"]),
         # wrong types and bad durations
         (
