@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
@@ -61,18 +62,52 @@ class Store:
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
+        self.read_engine: AsyncEngine = self.engine
         if self.is_sqlite:
-            _sqlite_pragmas(self.engine)
+            _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
+            if path is not None:  # readers on their own connections: in WAL mode they never wait for a writer
+                self.read_engine = create_async_engine(async_url(url), **kwargs)
+                _sqlite_pragmas(self.read_engine, "BEGIN DEFERRED")
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def write_lock(self) -> asyncio.Lock | _NoLock:
+        """SQLite has one writer at a time: this process's writers queue on one first-come-first-served lock
+        instead of polling SQLite's busy handler (which lets a steady writer starve the others). A no-op lock
+        on PostgreSQL. Hold it around any write transaction that bypasses :meth:`session`."""
+        if not self.is_sqlite:
+            return _NO_LOCK
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction: committed on exit, rolled back on error."""
-        async with self._sessions() as s, s.begin():
+        """A session in a write transaction: committed on exit, rolled back on error; raises RuntimeError when
+        opened inside another write session of the same task (on SQLite that would wait for itself)."""
+        if _IN_WRITE.get():
+            raise RuntimeError("a write session was opened inside another one")
+        token = _IN_WRITE.set(True)
+        try:
+            async with self.write_lock(), self._sessions() as s, s.begin():
+                yield s
+        finally:
+            _IN_WRITE.reset(token)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading only (one consistent snapshot); on SQLite it neither takes nor waits for the
+        write lock. Writing through it is a bug (SQLite may refuse it with "database is locked")."""
+        async with self._read_sessions() as s, s.begin():
             yield s
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
     async def ping(self) -> bool:
         try:
@@ -106,7 +141,7 @@ class Store:
             digest = hash_secret(secret)
         except UnicodeEncodeError:  # undecodable header bytes (surrogate escapes): no secret we issued
             return None
-        async with self.session() as s:
+        async with self.read() as s:
             tok = (await s.exec(select(ApiToken).where(ApiToken.secret_hash == digest))).first()
         if tok is None or tok.revoked_at is not None:
             return None
@@ -117,7 +152,19 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _sqlite_pragmas(engine: AsyncEngine) -> None:
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+_IN_WRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("fsincident_in_write_session", default=False)
+
+
+def _sqlite_pragmas(engine: AsyncEngine, begin: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # Transactions are begun explicitly below, as BEGIN IMMEDIATE: a writer takes the lock up front
@@ -132,7 +179,7 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
 
 def run_migrations(url: str, command_name: str, revision: str = "head", **kw: Any) -> Any:
