@@ -192,6 +192,7 @@ class Metrics:
         self.http_requests = Counter(
             "fsincident_api_requests_total", "HTTP API requests by route and status.", ["route", "status"], registry=r
         )
+        self.silences = Gauge("fsincident_silences", "Silences by state.", ["state"], registry=r)
 
 
 def tune_gc() -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fsincident import config as config_mod
-from fsincident.cli import oncall, ruletools
+from fsincident.cli import oncall, ruletools, silence
 from fsincident.core import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -31,6 +31,7 @@ commands:
   backtest   replay rules over history (CSV or Prometheus): when would alerts have fired?
   oncall     who is on call now (or --at TIME), per schedule, through the HTTP API
   override   add | list | delete schedule overrides, through the HTTP API
+  silence    add | list | expire silences (mute matching alerts for a while), through the HTTP API
 
 Client commands find the daemon through --url/--token, else FSINCIDENT_URL/FSINCIDENT_TOKEN,
 else the config's listen address."""
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ruletools.register(sub)
     oncall.register(sub)
+    silence.register(sub)
     return p
 
 

@@ -37,7 +37,9 @@ BATCH = 100
 OPEN = (IncidentState.TRIGGERED.value, IncidentState.ACKNOWLEDGED.value)
 CLAIM_ATTEMPTS = 3  # a manual action retries its compare-and-set this often when a step ran concurrently
 
-RenderPageFn = Callable[[AsyncSession, Incident, str, str | None, str | None], Awaitable[tuple[str, str]]]
+RenderPageFn = Callable[
+    [AsyncSession, Incident, str, str | None, str | None], Awaitable[tuple[str, str, dict[str, Any]]]
+]
 DestinationsFn = Callable[[str], int]
 
 
@@ -180,7 +182,7 @@ class EscalationService:
 
     async def sleep_hint(self, now: datetime) -> float | None:
         """Seconds until the earliest due step of a triggered incident, None when none is scheduled."""
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             v = (
                 await s.exec(
                     select(sa.func.min(Incident.esc_due_at)).where(
@@ -427,7 +429,7 @@ class EscalationService:
             inc.targets = [*inc.targets, *new]  # a new list: the JSON column is saved only when reassigned
             s.add(inc)
         await s.flush()
-        title, body = await self.render_page(s, inc, "trigger", actor, note)
+        title, body, page = await self.render_page(s, inc, "trigger", actor, note)
         for target, index, delay in res.pages:
             s.add(
                 Outbox(
@@ -442,6 +444,7 @@ class EscalationService:
                     state="pending",
                     next_attempt_at=now + delay,
                     created_at=now,
+                    data=page,
                 )
             )
         return len(res.pages)

@@ -7,7 +7,7 @@ the outbox rows of the notifications it causes, so a crash loses no page and no 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from fsincident.core import (
     IncidentState,
     Routed,
     Severity,
+    TransitionError,
     ensure_utc,
     format_duration,
     isoformat,
@@ -28,16 +29,17 @@ from fsincident.core import (
 from fsincident.incidents import state as transitions
 from fsincident.obs import Metrics, get_logger
 from fsincident.store import Store
-from fsincident.store.tables import Alert, AlertTransition, Incident, IncidentEvent, Outbox
+from fsincident.store.tables import Alert, AlertTransition, Incident, IncidentEvent, IngestedAlert, Outbox
 
 log = get_logger("fsincident.incidents")
 
 RenderFn = Callable[[str, dict[str, Any], list[dict[str, Any]], str | None, str | None], tuple[str, str]]
 DestinationsFn = Callable[[str], int]
-RouteFn = Callable[[dict[str, str]], Routed]
+RouteFn = Callable[[dict[str, str]], list[Routed]]
 
 SYSTEM_ACTOR = "fsincident"
 BATCH = 200
+BATCH_SECONDS = 0.05  # a batch's transaction stops taking transitions after this long (the rest: next tick)
 ESCALATING = "step"  # ``incident.esc_reason`` while the escalation module pages the incident's policy steps
 ACK_TIMEOUT = "ack_timeout"
 AUTO_RESOLVE_NOTE = "auto-resolve timeout"
@@ -62,6 +64,24 @@ class EscalationHooks(Protocol):
 
 class NotFound(FsIncidentError):
     """No incident with that id."""
+
+
+_REASON_NOTES = {
+    "update": "alerts joined or left the group: notifying the group again",
+    "repeat": "still firing and not acknowledged: repeating the notification",
+    "unmuted": "no longer muted while still firing: notifying again",
+}
+
+
+def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _grouping(inc: Incident, key: str) -> float | None:
+    """A number from the incident's ``grouping`` (set from its route at creation); None when absent."""
+    v = (inc.grouping or {}).get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _sev(labels: dict[str, str]) -> str:
@@ -156,7 +176,10 @@ class IncidentService:
         self.route = route
         self.escalation = escalation
         self.kick_escalation = kick_escalation
+        self.external_url = ""  # the config's external_url, set by the app (for links in structured pages)
         self._gauges_at = 0.0
+        self._open: dict[str, Incident] = {}  # open incidents by group key, loaded for the current batch
+        self._prefetched: set[str] = set()
         self._escalate = False  # set when a committed change starts or restarts a policy: kick the module
 
     # ------------------------------------------------------------------ the engine module
@@ -165,6 +188,26 @@ class IncidentService:
         """Process a batch of alert transitions in id order, then due ack timeouts and auto-resolves; True when
         there was work."""
         notified = False
+        async with self.store.read() as s:  # look before taking the write lock: most ticks find nothing
+            pending = (
+                await s.exec(select(AlertTransition.id).where(col(AlertTransition.processed_at).is_(None)).limit(1))
+            ).first()
+        count = 0
+        if pending is not None:
+            count, notified = await self._batch(now)
+        if notified:
+            self.kick_delivery()
+        self._kick_escalation()
+        timers = await self._timers(now)
+        if count or timers or time.monotonic() - self._gauges_at > 5:
+            await self._update_gauges()
+        return bool(count) or timers
+
+    async def _batch(self, now: datetime) -> tuple[int, bool]:
+        """Process up to BATCH queued alert transitions in one transaction; (how many, whether pages were queued).
+        The batch is cut short after BATCH_SECONDS so other writers (the ingest API) never wait long for SQLite."""
+        notified = False
+        started = time.monotonic()
         async with self.store.session() as s:
             q = (
                 select(AlertTransition)
@@ -175,6 +218,8 @@ class IncidentService:
             if not self.store.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             rows = (await s.exec(q)).all()
+            await self._prefetch(s, rows)
+            done = 0
             for tr in rows:
                 if tr.state == "firing":
                     notified |= await self._fired(s, tr, now)
@@ -182,13 +227,11 @@ class IncidentService:
                     notified |= await self._resolved(s, tr, now)
                 tr.processed_at = now
                 s.add(tr)
-        if notified:
-            self.kick_delivery()
-        self._kick_escalation()
-        timers = await self._timers(now)
-        if rows or timers or time.monotonic() - self._gauges_at > 5:
-            await self._update_gauges()
-        return bool(rows) or timers
+                done += 1
+                if time.monotonic() - started > BATCH_SECONDS:
+                    break
+        self._open, self._prefetched = {}, set()
+        return done, notified
 
     def _kick_escalation(self) -> None:
         if self._escalate:
@@ -197,7 +240,7 @@ class IncidentService:
 
     async def sleep_hint(self, now: datetime) -> float | None:
         """Seconds until the earliest ack timeout or auto-resolve is due; None when none is."""
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             ack = (
                 await s.exec(
                     select(sa.func.min(Incident.esc_due_at)).where(
@@ -209,7 +252,10 @@ class IncidentService:
             res = (
                 await s.exec(select(sa.func.min(Incident.resolve_due_at)).where(col(Incident.open_key).is_not(None)))
             ).one()
-        due = [d for d in (ensure_utc(ack), ensure_utc(res)) if d is not None]
+            grp = (
+                await s.exec(select(sa.func.min(Incident.notify_due_at)).where(col(Incident.open_key).is_not(None)))
+            ).one()
+        due = [d for d in (ensure_utc(ack), ensure_utc(res), ensure_utc(grp)) if d is not None]
         return (min(due) - now).total_seconds() if due else None
 
     # ------------------------------------------------------------------ timers
@@ -223,8 +269,9 @@ class IncidentService:
                 col(Incident.state) == IncidentState.ACKNOWLEDGED.value,
             ),
             sa.and_(col(Incident.resolve_due_at) <= now, col(Incident.open_key).is_not(None)),
+            sa.and_(col(Incident.notify_due_at) <= now, col(Incident.open_key).is_not(None)),
         )
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             ids = list((await s.exec(select(Incident.id).where(due).order_by(col(Incident.id)).limit(BATCH))).all())
         did = False
         for iid in ids:
@@ -237,11 +284,14 @@ class IncidentService:
                 if inc is None:
                     continue  # acted on meanwhile (or locked by another instance that acts on it)
                 resolve_at = ensure_utc(inc.resolve_due_at)
-                if resolve_at is not None and resolve_at <= now:
+                group_at = ensure_utc(inc.notify_due_at)
+                if group_at is not None and group_at <= now and (resolve_at is None or resolve_at > now):
+                    notified = await self._group_notification(s, inc, now)
+                elif resolve_at is not None and resolve_at <= now:
                     decision = transitions.resolve(IncidentState(inc.state))
                     notified = await self._apply(s, inc, decision, now, SYSTEM_ACTOR, AUTO_RESOLVE_NOTE, {})
                     log.info("incident_auto_resolved", incident_id=iid)
-                else:
+                elif inc.esc_reason == ACK_TIMEOUT and inc.state == IncidentState.ACKNOWLEDGED.value:
                     decision = transitions.Decision(IncidentState.TRIGGERED, (ACK_TIMEOUT,), "trigger")
                     acked_at, acked_by = ensure_utc(inc.acknowledged_at), inc.acknowledged_by
                     waited = format_duration(now - acked_at) if acked_at else "the ack timeout"
@@ -256,12 +306,34 @@ class IncidentService:
         return did
 
     async def _fired(self, s: AsyncSession, tr: AlertTransition, now: datetime) -> bool:
-        routed = self.route(tr.labels)
+        notified = False
+        for routed in self.route(tr.labels):  # one group per handling route (several with ``continue``)
+            notified |= await self._fired_in(s, tr, routed, now)
+        return notified
+
+    async def _prefetch(self, s: AsyncSession, rows: Sequence[AlertTransition]) -> None:
+        """Load the open incidents of every group the batch's firing transitions belong to, in one query."""
+        keys = {r.group_key for tr in rows if tr.state == "firing" for r in self.route(tr.labels)}
+        self._open = {}
+        for chunk in _chunks(sorted(keys), 500):
+            q = select(Incident).where(col(Incident.open_key).in_(chunk)).order_by(col(Incident.id))
+            if not self.store.is_sqlite:
+                q = q.with_for_update()  # an ack in flight must not be overwritten by these transitions
+            for inc in (await s.exec(q)).all():
+                self._open[inc.open_key] = inc  # type: ignore[index]
+        self._prefetched = keys
+
+    async def _fired_in(self, s: AsyncSession, tr: AlertTransition, routed: Routed, now: datetime) -> bool:
         gkey = routed.group_key
-        q = select(Incident).where(Incident.open_key == gkey)
-        if not self.store.is_sqlite:
-            q = q.with_for_update()  # an ack in flight must not be overwritten by this transition
-        inc = (await s.exec(q)).first()
+        if gkey in self._prefetched:
+            inc = self._open.get(gkey)
+            if inc is not None and inc.open_key != gkey:
+                inc = None  # resolved earlier in this batch
+        else:
+            q = select(Incident).where(Incident.open_key == gkey)
+            if not self.store.is_sqlite:
+                q = q.with_for_update()  # an ack in flight must not be overwritten by this transition
+            inc = (await s.exec(q)).first()
         if inc is None:
             glabels = dict(routed.group_labels)
             glabels.setdefault("alertname", tr.alertname)
@@ -275,16 +347,19 @@ class IncidentService:
                 route=routed.route,
                 targets=list(routed.targets),
                 auto_resolve=routed.auto_resolve,
+                grouping=routed.grouping(),
                 created_at=now,
                 updated_at=now,
             )
             if routed.escalation_policy and self.escalation is not None:
                 # The escalation module pages the policy's steps; an unknown policy (a route and policy removed
                 # by a reload in between) falls back to paging the route's own targets.
-                for k, v in (self.escalation.opened(routed.escalation_policy, now) or {}).items():
+                start = now + routed.group_wait  # group_wait delays the first step like a first notification
+                for k, v in (self.escalation.opened(routed.escalation_policy, start) or {}).items():
                     setattr(inc, k, v)
             s.add(inc)
             await s.flush()
+            self._open[gkey] = inc
             decision = transitions.open_incident()
             alert = None
         else:
@@ -351,6 +426,34 @@ class IncidentService:
         """Resolve by hand; raises NotFound. Resolving a resolved incident changes nothing."""
         return await self._manual(incident_id, transitions.resolve, by, note)
 
+    async def ack_alerts(self, fingerprints: Iterable[str], by: str, note: str | None = None) -> list[int]:
+        """Acknowledge every open, triggered incident in which one of ``fingerprints`` fires (PagerDuty's
+        ``acknowledge`` by dedup_key); returns their ids, [] when there is none. Never raises for unknown ones."""
+        fps = list(dict.fromkeys(fingerprints))
+        if not fps:
+            return []
+        async with self.store.session() as s:
+            ids = (
+                await s.exec(
+                    select(Incident.id)
+                    .join(Alert, col(Alert.incident_id) == col(Incident.id))
+                    .where(
+                        col(Alert.fingerprint).in_(fps),
+                        col(Alert.state) == "firing",
+                        col(Incident.state) == IncidentState.TRIGGERED.value,
+                    )
+                    .distinct()
+                )
+            ).all()
+        done = []
+        for iid in sorted(i for i in ids if i is not None):
+            try:
+                await self.ack(iid, by, note)
+            except (NotFound, TransitionError):
+                continue  # resolved or gone meanwhile
+            done.append(iid)
+        return done
+
     async def _manual(
         self, incident_id: int, fn: Callable[[IncidentState], transitions.Decision], by: str, note: str | None
     ) -> dict[str, Any]:
@@ -396,6 +499,8 @@ class IncidentService:
         if decision.state == IncidentState.TRIGGERED and prev == IncidentState.ACKNOWLEDGED.value:
             inc.acknowledged_at, inc.acknowledged_by = None, None
         self._escalation_columns(inc, prev, decision.state, now)
+        if decision.state != IncidentState.TRIGGERED:
+            inc.notify_due_at, inc.notify_reason = None, None  # group updates and repeats stop on ack/resolve
         s.add(inc)
         last_event: IncidentEvent | None = None
         for kind in decision.events:
@@ -416,11 +521,80 @@ class IncidentService:
             # Pages not yet sent are pointless once someone acted or the problem went away.
             await self._cancel_pending_pages(s, inc, now)
         if decision.notify is None:
+            if decision.state == IncidentState.TRIGGERED and {"alert_firing", "alert_resolved"} & set(decision.events):
+                self._schedule_update(inc, now)
             return False
         if decision.notify == "trigger" and inc.esc_reason == ESCALATING:
             self._escalate = True
             return False  # the escalation module pages the policy's steps, starting now
+        if decision.notify == "trigger" and inc.notified_at is None:
+            wait_until = ensure_utc(inc.created_at) + timedelta(seconds=_grouping(inc, "group_wait") or 0)
+            if wait_until > now:  # group_wait: gather the group's first alerts into one first notification
+                inc.notify_due_at, inc.notify_reason = wait_until, "trigger"
+                s.add(inc)
+                return False
         return await self._enqueue(s, inc, decision.notify, now, actor, note, last_event)
+
+    def _schedule_update(self, inc: Incident, now: datetime) -> None:
+        """An alert joined or left a triggered group that was notified: send the group again, at most once per
+        ``group_interval`` (a pending repeat or update that is due sooner stays)."""
+        if inc.notified_at is None or inc.escalation_policy or not inc.targets:
+            return  # not notified yet (group_wait gathers it), or a policy pages this incident
+        interval = timedelta(seconds=_grouping(inc, "group_interval") or 0)
+        at = max(ensure_utc(inc.notified_at) + interval, now)  # type: ignore[operator]
+        due = ensure_utc(inc.notify_due_at)
+        if due is None or inc.notify_reason == "repeat" or at < due:
+            inc.notify_due_at, inc.notify_reason = at, "update"
+
+    async def _group_notification(self, s: AsyncSession, inc: Incident, now: datetime) -> bool:
+        """A due group notification: the delayed first one (``trigger``), an ``update`` after alerts joined or
+        left, a ``repeat``, or ``unmuted`` after a silence ended while the group still fires."""
+        reason = inc.notify_reason or "trigger"
+        inc.notify_due_at, inc.notify_reason = None, None
+        s.add(inc)
+        if inc.state != IncidentState.TRIGGERED.value:
+            return False
+        if inc.escalation_policy and self.escalation is not None:
+            if reason == "unmuted":  # the policy starts over: its pages were muted
+                fields = self.escalation.restarted(inc.escalation_policy, now)
+                for k, v in (fields or {}).items():
+                    setattr(inc, k, v)
+                ev = IncidentEvent(
+                    incident_id=inc.id,  # type: ignore[arg-type]
+                    at=now,
+                    kind="renotify",
+                    actor=SYSTEM_ACTOR,
+                    note="no longer muted while still firing: the escalation policy starts again",
+                    data={"reason": reason},
+                )
+                s.add(ev)
+                self._escalate = fields is not None
+            return False
+        ev = IncidentEvent(
+            incident_id=inc.id,  # type: ignore[arg-type]
+            at=now,
+            kind="group_" + reason if reason in ("update", "repeat") else "renotify",
+            actor=SYSTEM_ACTOR,
+            note=_REASON_NOTES.get(reason),
+            data={"reason": reason},
+        )
+        if reason != "trigger":
+            s.add(ev)
+            await s.flush()
+            # This notification carries the group as it is now: an older one still waiting (held by a time
+            # interval, or retrying an unreachable channel) would only repeat it, so it goes.
+            await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(
+                    col(Outbox.incident_id) == inc.id,
+                    col(Outbox.kind) == "trigger",
+                    col(Outbox.state) == "pending",
+                )
+                .values(state="cancelled", last_error="cancelled: superseded by a newer notification")
+            )
+        return await self._enqueue(
+            s, inc, "trigger", now, SYSTEM_ACTOR, None, ev if reason != "trigger" else None, reason
+        )
 
     def _escalation_columns(self, inc: Incident, prev: str, state: IncidentState, now: datetime) -> None:
         """Keep the escalation state in step with the incident's: an ack stops the steps (leaving only the ack
@@ -471,7 +645,17 @@ class IncidentService:
         actor: str,
         note: str | None,
         event: IncidentEvent | None,
+        reason: str | None = None,
     ) -> bool:
+        if kind == "trigger":
+            # Whatever happens below, the group counts as notified now: updates wait a group_interval from here.
+            inc.notified_at = now
+            every = _grouping(inc, "repeat_interval")
+            if every and not inc.escalation_policy:
+                inc.notify_due_at, inc.notify_reason = now + timedelta(seconds=every), "repeat"
+            elif inc.notify_reason != "unmuted":
+                inc.notify_due_at, inc.notify_reason = None, None
+            s.add(inc)
         if not inc.targets:
             return False
         if kind == "trigger":
@@ -491,7 +675,7 @@ class IncidentService:
             )
         if not pages:
             return False
-        title, body = await self.render_page(s, inc, kind, actor, note)
+        title, body, page = await self.render_page(s, inc, kind, actor, note, reason)
         for target, i, delay in pages:
             s.add(
                 Outbox(
@@ -506,6 +690,7 @@ class IncidentService:
                     state="pending",
                     next_attempt_at=now + delay,
                     created_at=now,
+                    data=page,
                 )
             )
         return True
@@ -562,15 +747,54 @@ class IncidentService:
         return pages, skipped
 
     async def render_page(
-        self, s: AsyncSession, inc: Incident, kind: str, actor: str | None, note: str | None
-    ) -> tuple[str, str]:
-        """Title and body of a ``kind`` notification about ``inc`` (with its alerts, read in ``s``)."""
-        alerts = (await s.exec(select(Alert).where(Alert.incident_id == inc.id).order_by(col(Alert.id)))).all()
-        return self.render(kind, incident_dict(inc), [alert_dict(a) for a in alerts], actor, note)
+        self,
+        s: AsyncSession,
+        inc: Incident,
+        kind: str,
+        actor: str | None,
+        note: str | None,
+        reason: str | None = None,
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Title, body and structured data (``Outbox.data``) of a ``kind`` notification about ``inc``, with its
+        alerts (read in ``s``); ``reason`` says why a group is notified (trigger, update, repeat, unmuted)."""
+        # One query: the alerts, with the generator URL and the latest annotations of ingested ones.
+        rows = (
+            await s.exec(
+                select(Alert, IngestedAlert.generator_url, IngestedAlert.annotations)
+                .outerjoin(IngestedAlert, col(IngestedAlert.fingerprint) == col(Alert.fingerprint))
+                .where(Alert.incident_id == inc.id)
+                .order_by(col(Alert.id))
+            )
+        ).all()
+        incident = incident_dict(inc)
+        listed = []
+        for a, url, fresh in rows:
+            d = alert_dict(a)
+            d["generator_url"] = url or ""
+            if fresh:
+                d["annotations"] = fresh
+            listed.append(d)
+        try:
+            title, body = self.render(kind, {**incident, "notify_reason": reason or kind}, listed, actor, note)
+        except Exception as e:  # a page must never be lost (or the stage wedged) because a template failed
+            log.warning("render_failed", incident_id=inc.id, error=str(e)[:300])
+            title = f"[{kind.upper()}] #{inc.id} {inc.title}"
+            lines = [f"- {a['alertname'] or 'alert'} {a['state']}: {a['labels']}" for a in listed[:20]]
+            body = "\n".join([f"{kind} ({reason or kind}), severity {inc.severity}", *lines])
+        data = {
+            "incident": incident,
+            "alerts": listed,
+            "group_key": inc.group_key,
+            "group_labels": dict(inc.labels),
+            "receiver": (inc.grouping or {}).get("receiver") or ",".join(inc.targets) or "none",
+            "reason": reason or kind,
+            "external_url": self.external_url,
+        }
+        return title, body, data
 
     async def _update_gauges(self) -> None:
         self._gauges_at = time.monotonic()
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             rows = (
                 await s.exec(
                     select(Incident.state, sa.func.count())
@@ -586,7 +810,7 @@ class IncidentService:
     # ------------------------------------------------------------------ queries
 
     async def list(self, state: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             q = select(Incident).order_by(col(Incident.id).desc()).limit(limit)
             if state:
                 q = q.where(Incident.state == state)
@@ -594,7 +818,7 @@ class IncidentService:
 
     async def get(self, incident_id: int) -> dict[str, Any]:
         """An incident with its alerts and timeline; raises NotFound."""
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             inc = await s.get(Incident, incident_id)
             if inc is None:
                 raise NotFound(f"incident {incident_id} not found")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,15 +19,17 @@ from sqlmodel import col, select
 
 from fsincident import plugins
 from fsincident.config import Config
-from fsincident.config.model import DeliveryOptions
-from fsincident.core import Clock, NotifyError, ensure_utc
+from fsincident.config.model import DeliveryOptions, TimeIntervalOptions
+from fsincident.core import Clock, Muter, NotifyError, ensure_utc
 from fsincident.obs import Metrics, get_logger
 from fsincident.store import Store
-from fsincident.store.tables import Incident, IncidentEvent, Outbox
+from fsincident.store.tables import Alert, Incident, IncidentEvent, Outbox
+from fsincident.timeintervals import OUTSIDE_ACTIVE, muted_by_intervals
 
 log = get_logger("fsincident.notify")
 
 ACTIVE = ("pending", "sending")
+HOLD_RECHECK = timedelta(minutes=1)  # how often a page held by a time interval looks again
 GAUGE_EVERY = 5.0  # seconds between outbox-depth refreshes while idle
 
 
@@ -72,17 +74,32 @@ class Deliverer:
 
     name = "delivery"
 
-    def __init__(self, store: Store, clock: Clock, metrics: Metrics, notifiers: Notifiers, options: DeliveryOptions):
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        notifiers: Notifiers,
+        options: DeliveryOptions,
+        muter: Muter | None = None,
+        time_intervals: Sequence[TimeIntervalOptions] = (),
+    ):
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.notifiers = notifiers
         self.options = options
+        self.muter = muter
+        self.intervals = {t.name: list(t.time_intervals) for t in time_intervals}
         self.draining = False
         self._last_depth = 0.0
 
-    def configure(self, notifiers: Notifiers, options: DeliveryOptions) -> None:
+    def configure(
+        self, notifiers: Notifiers, options: DeliveryOptions, time_intervals: Sequence[TimeIntervalOptions] = ()
+    ) -> None:
+        """Use a reloaded config's channels, delivery options and named time intervals."""
         self.notifiers, self.options = notifiers, options
+        self.intervals = {t.name: list(t.time_intervals) for t in time_intervals}
 
     async def tick(self, now: datetime) -> bool:
         if self.draining:
@@ -96,6 +113,21 @@ class Deliverer:
 
     async def claim(self, now: datetime, limit: int) -> list[Outbox]:
         """Claim up to ``limit`` due rows (oldest first, one at a time per incident and destination)."""
+        async with self.store.read() as s:  # most ticks find nothing due: look before taking the write lock
+            due_now = (
+                await s.exec(
+                    select(Outbox.id)
+                    .where(
+                        sa.or_(
+                            sa.and_(col(Outbox.state) == "pending", col(Outbox.next_attempt_at) <= now),
+                            sa.and_(col(Outbox.state) == "sending", col(Outbox.lease_until) < now),
+                        )
+                    )
+                    .limit(1)
+                )
+            ).first()
+        if due_now is None:
+            return []
         older = sa.orm.aliased(Outbox)
         due = sa.or_(
             sa.and_(col(Outbox.state) == "pending", col(Outbox.next_attempt_at) <= now),
@@ -141,6 +173,29 @@ class Deliverer:
             )
             if stale.rowcount:
                 log.info("pages_cancelled", count=stale.rowcount, reason="incident acknowledged or resolved")
+            # An acknowledge/resolve notice goes only where the incident's page arrived: not after a group_wait
+            # that ended in a resolve, a muted page, or a page that failed for good.
+            earlier = sa.orm.aliased(Outbox)
+            unannounced = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(
+                    col(Outbox.kind).in_(("acknowledge", "resolve")),
+                    col(Outbox.incident_id).is_not(None),
+                    due,
+                    ~sa.select(earlier.id)
+                    .where(
+                        earlier.incident_id == Outbox.incident_id,
+                        earlier.target == Outbox.target,
+                        earlier.kind == "trigger",
+                        earlier.state.in_(("sent", "pending", "sending")),
+                    )
+                    .exists(),
+                )
+                .values(state="cancelled", lease_until=None, last_error="cancelled: no page reached this target")
+                .execution_options(synchronize_session=False)
+            )
+            if unannounced.rowcount:
+                log.info("notices_cancelled", count=unannounced.rowcount, reason="no page reached the target")
             q = select(Outbox).where(due, ~blocked).order_by(col(Outbox.next_attempt_at), col(Outbox.id)).limit(limit)
             if not self.store.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
@@ -164,13 +219,17 @@ class Deliverer:
 
     async def _deliver(self, row: Outbox) -> None:
         target = row.target
+        if row.incident_id is not None and await self._held_or_muted(row):
+            return
         notifier = self.notifiers.by_target.get(target)
         t0 = time.perf_counter()
         error: NotifyError | None = None
         if notifier is None:
             error = NotifyError(f"{target} is no longer configured", permanent=True)
         else:
-            msg = plugins.Message(title=row.title, body=row.body, kind=row.kind, severity=row.severity)
+            msg = plugins.Message(
+                title=row.title, body=row.body, kind=row.kind, severity=row.severity, data=row.data or None
+            )
             try:
                 await notifier.send(row.dest_index, msg, self.options.timeout.total_seconds())
             except NotifyError as e:
@@ -182,6 +241,102 @@ class Deliverer:
         channel = target
         self.metrics.delivery_seconds.labels(channel).observe(elapsed)
         await self._record(row, error)
+
+    async def _held_or_muted(self, row: Outbox) -> bool:
+        """Apply the route's time intervals and the silences/inhibitions to a claimed incident page: inside a
+        mute interval (or outside the active ones) the page waits and is tried again a minute later; when every
+        alert of the incident is silenced or inhibited the page is dropped as ``muted``. True when not sent now."""
+        now = self.clock.now()
+        async with self.store.read() as s:
+            inc = await s.get(Incident, row.incident_id)
+            if inc is None:
+                return False
+            grouping = inc.grouping or {}
+            labels = [
+                dict(lbl)
+                for lbl, st in (
+                    await s.exec(select(Alert.labels, Alert.state).where(col(Alert.incident_id) == inc.id))
+                ).all()
+                if st == "firing"
+            ]
+            if not labels:
+                labels = [dict(x) for x in (await s.exec(select(Alert.labels).where(col(Alert.incident_id) == inc.id)))]
+        window = muted_by_intervals(
+            self.intervals,
+            grouping.get("mute_time_intervals") or (),
+            grouping.get("active_time_intervals") or (),
+            now,
+        )
+        if window is not None:
+            await self._hold(row, now, window)
+            return True
+        if self.muter is None or not labels:
+            return False
+        statuses = await self.muter.status(labels, now)
+        if not statuses or not all(st.muted for st in statuses):
+            return False
+        silenced = sorted({i for st in statuses for i in st.silenced_by})
+        inhibited = sorted({i for st in statuses for i in st.inhibited_by})
+        why = "silenced by " + ", ".join(silenced) if silenced else "inhibited by " + ", ".join(inhibited)
+        async with self.store.session() as s:
+            res = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(col(Outbox.id) == row.id, col(Outbox.state) == "sending", col(Outbox.attempts) == row.attempts)
+                .values(state="muted", lease_until=None, last_error=f"muted: {why}"[:2000])
+            )
+            if res.rowcount != 1:
+                return True
+            s.add(
+                IncidentEvent(
+                    incident_id=row.incident_id,  # type: ignore[arg-type]
+                    at=now,
+                    kind="notify_muted",
+                    actor="fsincident",
+                    note=why,
+                    data={
+                        "target": row.target,
+                        "notification": row.kind,
+                        "silenced_by": silenced,
+                        "inhibited_by": inhibited,
+                        "outbox_id": row.id,
+                    },
+                )
+            )
+        self.metrics.deliveries.labels(row.target, "muted").inc()
+        log.info("delivery_muted", incident_id=row.incident_id, target=row.target, reason=why)
+        return True
+
+    async def _hold(self, row: Outbox, now: datetime, window: str) -> None:
+        """Put a page back for a minute (not counted as an attempt) while a time interval holds its route; the
+        timeline says so once."""
+        first = not (row.last_error or "").startswith("held:")
+        async with self.store.session() as s:
+            res = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(col(Outbox.id) == row.id, col(Outbox.state) == "sending", col(Outbox.attempts) == row.attempts)
+                .values(
+                    state="pending",
+                    lease_until=None,
+                    attempts=row.attempts - 1,
+                    next_attempt_at=now + HOLD_RECHECK,
+                    last_error=f"held: {window}"[:2000],
+                )
+            )
+            if res.rowcount == 1 and first:
+                s.add(
+                    IncidentEvent(
+                        incident_id=row.incident_id,  # type: ignore[arg-type]
+                        at=now,
+                        kind="notify_held",
+                        actor="fsincident",
+                        note=f"held by time interval {window}"
+                        if window != OUTSIDE_ACTIVE
+                        else "held: outside the route's active_time_intervals",
+                        data={"target": row.target, "notification": row.kind, "time_interval": window},
+                    )
+                )
+        if first:
+            log.info("delivery_held", incident_id=row.incident_id, target=row.target, time_interval=window)
 
     async def _record(self, row: Outbox, error: NotifyError | None) -> None:
         now = self.clock.now()
@@ -240,7 +395,7 @@ class Deliverer:
 
     async def update_depth(self) -> None:
         self._last_depth = time.monotonic()
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             rows = (
                 await s.exec(
                     select(Outbox.state, sa.func.count()).where(col(Outbox.state).in_(ACTIVE)).group_by(Outbox.state)
@@ -255,7 +410,7 @@ class Deliverer:
         """Seconds until the earliest pending row is due, so a short backoff is not rounded up to the idle poll."""
         if self.draining:
             return None
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             v = (await s.exec(select(sa.func.min(Outbox.next_attempt_at)).where(col(Outbox.state) == "pending"))).one()
         due = ensure_utc(v)
         return None if due is None else (due - now).total_seconds()

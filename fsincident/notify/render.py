@@ -44,6 +44,8 @@ class Renderer:
             "incident": incident,
             "alerts": alerts,
             "firing": [a for a in alerts if a.get("state") == "firing"],
+            "resolved": [a for a in alerts if a.get("state") == "resolved"],
+            "reason": incident.get("notify_reason") or kind,
             "actor": actor,
             "note": note,
             "external_url": self.external_url,

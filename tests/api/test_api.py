@@ -357,6 +357,10 @@ async def test_rules_shape_and_a_rule_made_incident(api):
 async def test_ack_reaches_the_channel(api):
     """An ack through the API is delivered by the outbox to the real apprise channel (not inside the request)."""
     iid = await api.incident()
+    for _ in range(200):  # an ack notice follows only a page that arrived: let the trigger page arrive first
+        if any(f"#{iid} " in (m.get("title") or "") for m in api.receiver.received):
+            break
+        await asyncio.sleep(0.05)
     status, _, _ = await api.call("POST", f"/api/v1/incidents/{iid}/ack", scope="ack", json={"by": "carol"})
     assert status == 200
     for _ in range(200):

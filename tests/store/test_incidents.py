@@ -11,20 +11,22 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from fsincident.config.model import DeliveryOptions
+from fsincident.config.model import DeliveryOptions, RouteOptions
 from fsincident.core import FakeClock, Labels, TransitionError
 from fsincident.incidents.service import IncidentService, NotFound
 from fsincident.notify.outbox import Deliverer
 from fsincident.obs import Metrics
-from fsincident.routing.tree import Route, route
+from fsincident.routing.tree import build, route
 from fsincident.store import Store
 from fsincident.store.tables import Alert, AlertTransition, Incident, IncidentEvent, Outbox
 
-ROUTES = [
-    Route(index=0, match={"team": "db"}, notify=("channel:ops",), group_by=("alertname", "cluster")),
-    Route(index=1, match={"team": "batch"}, notify=("channel:ops",), group_by=("alertname",), auto_resolve=False),
-    Route(index=2, match={}, notify=("channel:ops", "channel:nowhere"), group_by=None),
-]
+ROUTES = build(
+    [
+        RouteOptions(match={"team": "db"}, notify=["channel:ops"], group_by=["alertname", "cluster"]),
+        RouteOptions(match={"team": "batch"}, notify=["channel:ops"], group_by=["alertname"], auto_resolve=False),
+        RouteOptions(notify=["channel:ops", "channel:nowhere"]),
+    ]
+)
 
 
 def render(kind: str, inc: dict[str, Any], alerts: list[dict[str, Any]], actor: str | None, note: str | None):
@@ -258,9 +260,11 @@ async def test_page_in_flight_during_an_ack_is_not_retried(store, clock, svc):
         )
     deliverer = Deliverer(store, clock, Metrics(), SimpleNamespace(by_target={}), DeliveryOptions())  # type: ignore[arg-type]
     claimed = await deliverer.claim(clock.now(), 10)
-    assert [r.kind for r in claimed] == ["acknowledge"]
+    # The page never arrived, so neither does a notice that it was acknowledged.
+    assert claimed == []
     outbox = await rows(store, Outbox)
-    assert [(o.kind, o.state) for o in outbox] == [("trigger", "cancelled"), ("acknowledge", "sending")]
+    assert [(o.kind, o.state) for o in outbox] == [("trigger", "cancelled"), ("acknowledge", "cancelled")]
+    assert outbox[1].last_error == "cancelled: no page reached this target"
 
 
 async def test_ack_of_resolved_incident_raises(store, clock, svc):
