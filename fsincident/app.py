@@ -22,11 +22,14 @@ from fsincident.escalation.schedules import HandoffNotifier, ScheduleService
 from fsincident.escalation.service import EscalationService
 from fsincident.evaluation.evaluator import Evaluator
 from fsincident.incidents.service import IncidentService
+from fsincident.ingest.service import IngestService
 from fsincident.notify.outbox import Deliverer, Notifiers
 from fsincident.notify.render import Renderer
 from fsincident.obs import Metrics, Redactor, get_logger
 from fsincident.routing.tree import Route
+from fsincident.routing.tree import build as build_routes
 from fsincident.routing.tree import route as route_alert
+from fsincident.silences.service import SilenceService
 from fsincident.sources.runner import SourceRunner
 from fsincident.store import SqlStateStore, Store
 
@@ -49,18 +52,9 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-def routes_of(config: Config) -> list[Route]:
-    return [
-        Route(
-            index=i,
-            match=dict(r.match),
-            notify=tuple(r.notify),
-            group_by=tuple(r.group_by) if r.group_by is not None else None,
-            auto_resolve=r.auto_resolve,
-            escalation_policy=r.escalation_policy,
-        )
-        for i, r in enumerate(config.routes)
-    ]
+def routes_of(config: Config) -> Route:
+    """The route tree of ``config`` (its matchers were checked by the loader)."""
+    return build_routes(config.routes)
 
 
 class Daemon:
@@ -76,7 +70,18 @@ class Daemon:
         self.sources = SourceRunner(self.clock, self.metrics, lambda name: SqlStateStore(self.store, name, self.clock))
         self.notifiers = Notifiers(config)
         self.renderer = Renderer(config.templates, config.external_url)
-        self.deliverer = Deliverer(self.store, self.clock, self.metrics, self.notifiers, config.delivery)
+        self.silences = SilenceService(self.store, self.clock, self.metrics, config)  # also the delivery's Muter
+        self.silences.kick_incidents = self.engine.kicker(IncidentService.name)
+        self.silences.on_change = self.engine.kicker(self.silences.name)
+        self.deliverer = Deliverer(
+            self.store,
+            self.clock,
+            self.metrics,
+            self.notifiers,
+            config.delivery,
+            muter=self.silences,
+            time_intervals=config.time_intervals,
+        )
         self.schedules = ScheduleService(self.store, self.clock, self.metrics, config)
         self.handoffs = HandoffNotifier(
             self.schedules,
@@ -114,7 +119,14 @@ class Daemon:
             query=self.sources.query,
             health=self.sources.all_snapshots,
         )
-        self.routes: list[Route] = routes_of(config)
+        self.ingest = IngestService(  # Alertmanager API v2 / PagerDuty Events v2 alerts
+            self.store,
+            self.clock,
+            self.metrics,
+            config.alertmanager.resolve_timeout,
+            kick_incidents=self.engine.kicker(self.incidents.name),
+        )
+        self.routes: Route = routes_of(config)
         self.runner: web.AppRunner | None = None
         self._ready = False
         self._watchdog: asyncio.Task[None] | None = None
@@ -130,6 +142,7 @@ class Daemon:
         self._set_secrets(self.config)
         await self.store.upgrade()
         await self.evaluator.restore()
+        await self.ingest.restore()
         ctx = ApiContext(
             store=self.store,
             incidents=self.incidents,
@@ -139,6 +152,11 @@ class Daemon:
             sources=self.sources,
             schedules=self.schedules,
             escalation=self.escalation,
+            silences=self.silences,
+            ingest=self.ingest,
+            config=lambda: self.config,
+            routes=lambda: self.routes,
+            started_at=time.time(),
         )
         self.runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
@@ -147,6 +165,8 @@ class Daemon:
         self.engine.add(self.incidents, idle=1.0)
         self.engine.add(self.deliverer, idle=1.0)
         self.engine.add(self.escalation, idle=1.0)
+        self.engine.add(self.silences, idle=5.0)  # wakes when a silence starts or ends (sleep_hint)
+        self.engine.add(self.ingest, idle=5.0)  # wakes when an ingested alert ends (sleep_hint)
         self.engine.add(self.handoffs, idle=30.0)  # wakes at the next handoff (sleep_hint) or when kicked
         await self._apply(self.config)
         self.engine.start()
@@ -167,11 +187,14 @@ class Daemon:
         """Wire a validated config into the running stages and (re)schedule their jobs."""
         await self.sources.configure(config.sources)
         self.notifiers = Notifiers(config)
-        self.deliverer.configure(self.notifiers, config.delivery)
+        self.deliverer.configure(self.notifiers, config.delivery, config.time_intervals)
         self.renderer = Renderer(config.templates, config.external_url)
+        self.incidents.external_url = config.external_url
         self.routes = routes_of(config)
         self.schedules.configure(config)
         self.escalation.configure(config)
+        self.silences.configure(config)
+        self.ingest.configure(config)
         self.evaluator.set_groups(config.groups, config.slos)
         await self.evaluator.resolve_removed()
         keep = set()
@@ -195,6 +218,7 @@ class Daemon:
 
     def _set_secrets(self, config: Config) -> None:
         secrets = Notifiers(config).secrets()
+        secrets.extend(i.routing_key for i in config.integrations)  # PagerDuty routing keys are credentials
         password = _db_password(config.database)
         if password:
             secrets.append(password)
@@ -276,6 +300,7 @@ class Daemon:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.evaluator.close()
         await self.sources.close()
+        await self.ingest.close()
         await self.store.close()
         log.info("daemon_stopped")
 

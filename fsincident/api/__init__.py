@@ -47,6 +47,11 @@ class ApiContext:
     sources: SourceRunner | None = None
     schedules: ScheduleService | None = None
     escalation: EscalationService | None = None
+    ingest: Any = None  # ingest.service.IngestService (Alertmanager API v2 / PagerDuty Events v2)
+    silences: Any = None  # silences.service.SilenceService (also the Muter)
+    config: Callable[[], Any] | None = None  # the running Config (changes on reload)
+    routes: Callable[[], Any] | None = None  # the running route tree (routing.tree.Route)
+    started_at: float = 0.0  # time.time() at start, for /api/v2/status uptime
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -303,6 +308,15 @@ def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] |
     from fsincident.api import schedules  # here, not at the top: it imports this module
 
     schedules.add_routes(app)
+    from fsincident.api import silences  # here, not at the top: it imports this module
+
+    silences.add_routes(app)
+    from fsincident.api import alertmanager  # here, not at the top: it imports this module
+
+    alertmanager.add_routes(app)
+    from fsincident.api import pagerduty  # here, not at the top: it imports this module
+
+    pagerduty.add_routes(app)
     if extra_routes:
         extra_routes(app)
     return app
