@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import eval as eval_suite  # noqa: E402
-from benchmarks import latency, memory, oncall, push, sources  # noqa: E402
+from benchmarks import ingest, latency, memory, oncall, push, sources  # noqa: E402
 
 SUITES = [
     ("latency", latency.run),
@@ -25,6 +25,7 @@ SUITES = [
     ("push", push.run),
     ("eval", eval_suite.run),
     ("oncall", oncall.run),
+    ("ingest", ingest.run),
 ]
 
 

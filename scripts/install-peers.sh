@@ -12,6 +12,7 @@ default=(
   prometheus-node-exporter # /usr/bin/prometheus-node-exporter: type: scrape against node_exporter
   monitoring-plugins       # /usr/lib/nagios/plugins/check_*: type: command tests
   systemd-journal-remote   # writes real .journal files for the logs source's journald tests
+  prometheus-alertmanager  # /usr/bin/prometheus-alertmanager + amtool: API v2 / amtool tests, ingest benchmark
 )
 if [ $# -gt 0 ]; then
   wanted=("$@")
