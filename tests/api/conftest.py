@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from fsincident import config as config_mod
 from fsincident.app import Daemon
-from fsincident.core import Labels
+from fsincident.core import Clock, Labels
 from fsincident.store.tables import AlertTransition
 from tests.helpers import Exposition, Receiver, free_port, write_config
 
@@ -148,6 +148,30 @@ def daemon_config(directory: Path, database: str, port: int, exposition: Exposit
 
 
 @asynccontextmanager
+async def serve(
+    cfg: Path,
+    port: int,
+    exposition: Exposition | None,
+    receiver: Receiver | None,
+    clock: Clock | None = None,
+    prefix: str = "test",
+) -> AsyncIterator[Api]:
+    """Start the real Daemon on ``cfg`` (listening on ``port``), a client session and one token per scope; stop
+    the daemon afterwards (the peers are the caller's)."""
+    daemon = Daemon(config_mod.load(cfg), clock=clock)
+    await daemon.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            api = Api(daemon, http, f"http://127.0.0.1:{port}", exposition, receiver)  # type: ignore[arg-type]
+            now = daemon.clock.now()
+            for scope in ("read", "ack", "admin", "ingest"):
+                api.tokens[scope] = await daemon.store.create_token(f"{prefix}-{scope}", [scope], now)
+            yield api
+    finally:
+        await daemon.stop()
+
+
+@asynccontextmanager
 async def running_api(directory: Path, database: str | None = None) -> AsyncIterator[Api]:
     """Start the real Daemon (binding a free port) with its peers; stop everything afterwards."""
     exposition = Exposition().start()
@@ -157,17 +181,10 @@ async def running_api(directory: Path, database: str | None = None) -> AsyncIter
     port = free_port()
     database = database or f"sqlite:///{directory}/state.db"
     try:
-        daemon = Daemon(config_mod.load(daemon_config(directory, database, port, exposition, receiver)))
-        await daemon.start()
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-                api = Api(daemon, http, f"http://127.0.0.1:{port}", exposition, receiver)
-                now = daemon.clock.now()
-                for scope in ("read", "ack", "admin", "ingest"):
-                    api.tokens[scope] = await daemon.store.create_token(f"test-{scope}", [scope], now)
-                yield api
-        finally:
-            await daemon.stop()
+        async with serve(
+            daemon_config(directory, database, port, exposition, receiver), port, exposition, receiver
+        ) as api:
+            yield api
     finally:
         exposition.stop()
         receiver.stop()

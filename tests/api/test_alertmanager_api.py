@@ -11,20 +11,17 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsincident import config as config_mod
-from fsincident.app import Daemon
 from fsincident.core import Labels
 from fsincident.store.tables import AlertTransition
 from tests.helpers import Exposition, Receiver, free_port, write_config
 
-from .conftest import Api
+from .conftest import Api, serve
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -74,17 +71,10 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
         directory / "cfg",
         CONFIG.format(port=port, dir=directory, hook=receiver.apprise_url("ops")),
     )
-    daemon = Daemon(config_mod.load(cfg))
-    await daemon.start()
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-            a = Api(daemon, http, f"http://127.0.0.1:{port}", exposition, receiver)
-            now = daemon.clock.now()
-            for scope in ("read", "ack", "admin", "ingest"):
-                a.tokens[scope] = await daemon.store.create_token(f"am-{scope}", [scope], now)
+        async with serve(cfg, port, exposition, receiver, prefix="am") as a:
             yield a
     finally:
-        await daemon.stop()
         exposition.stop()
         receiver.stop()
 

@@ -8,13 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
-from fsincident import config as config_mod
-from fsincident.app import Daemon
-from tests.api.conftest import Api
+from tests.api.conftest import Api, serve
 from tests.helpers import Receiver, free_port, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -56,17 +53,8 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     receiver = Receiver().start()
     port = free_port()
     try:
-        daemon = Daemon(config_mod.load(_config(directory, port, receiver)))
-        await daemon.start()
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-                a = Api(daemon, http, f"http://127.0.0.1:{port}", None, receiver)  # type: ignore[arg-type]
-                now = daemon.clock.now()
-                for scope in ("read", "ack", "admin", "ingest"):
-                    a.tokens[scope] = await daemon.store.create_token(f"test-{scope}", [scope], now)
-                yield a
-        finally:
-            await daemon.stop()
+        async with serve(_config(directory, port, receiver), port, None, receiver) as a:
+            yield a
     finally:
         receiver.stop()
 

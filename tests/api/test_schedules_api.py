@@ -10,7 +10,6 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import icalendar
 import pytest
 import pytest_asyncio
@@ -18,10 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fsincident import config as config_mod
-from fsincident.app import Daemon
 from fsincident.core import FakeClock
 from fsincident.escalation.schedules import parse_instant
-from tests.api.conftest import Api
+from tests.api.conftest import Api, serve
 from tests.helpers import Exposition, Receiver, free_port, write_config
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -79,16 +77,10 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
         directory / "cfg",
         CONFIG.format(port=port, db=directory / "state.db", hook=f"json://127.0.0.1:{receiver.port}"),
     )
-    daemon = Daemon(config_mod.load(cfg), clock=FakeClock(NOW))
-    await daemon.start()
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-            a = Api(daemon, http, f"http://127.0.0.1:{port}", exposition, receiver)
-            for scope in ("read", "ack", "admin", "ingest"):
-                a.tokens[scope] = await daemon.store.create_token(f"test-{scope}", [scope], NOW)
+        async with serve(cfg, port, exposition, receiver, clock=FakeClock(NOW)) as a:
             yield a
     finally:
-        await daemon.stop()
         exposition.stop()
         receiver.stop()
 

@@ -12,18 +12,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from fsincident import config as config_mod
-from fsincident.app import Daemon
 from fsincident.config.model import SilencesOptions
 from fsincident.store.tables import Alert, AuditLog, Incident, Outbox
-from tests.api.conftest import Api
+from tests.api.conftest import Api, serve
 from tests.helpers import Exposition, Receiver, free_port, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -53,17 +50,10 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
             equal: [alertname]
         """,
     )
-    daemon = Daemon(config_mod.load(cfg))
-    await daemon.start()
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-            a = Api(daemon, http, f"http://127.0.0.1:{port}", exposition, receiver)
-            now = daemon.clock.now()
-            for scope in ("read", "ack", "admin", "ingest"):
-                a.tokens[scope] = await daemon.store.create_token(f"test-{scope}", [scope], now)
+        async with serve(cfg, port, exposition, receiver) as a:
             yield a
     finally:
-        await daemon.stop()
         receiver.stop()
         exposition.stop()
 
