@@ -178,8 +178,6 @@ class IncidentService:
         self.kick_escalation = kick_escalation
         self.external_url = ""  # the config's external_url, set by the app (for links in structured pages)
         self._gauges_at = 0.0
-        self._open: dict[str, Incident] = {}  # open incidents by group key, loaded for the current batch
-        self._prefetched: set[str] = set()
         self._escalate = False  # set when a committed change starts or restarts a policy: kick the module
 
     # ------------------------------------------------------------------ the engine module
@@ -218,11 +216,12 @@ class IncidentService:
             if not self.store.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             rows = (await s.exec(q)).all()
-            await self._prefetch(s, rows)
+            routed, open_ = await self._prefetch(s, rows)
             done = 0
             for tr in rows:
                 if tr.state == "firing":
-                    notified |= await self._fired(s, tr, now)
+                    for r in routed[id(tr)]:  # one group per handling route (several with ``continue``)
+                        notified |= await self._fired_in(s, tr, r, now, open_)
                 else:
                     notified |= await self._resolved(s, tr, now)
                 tr.processed_at = now
@@ -230,7 +229,6 @@ class IncidentService:
                 done += 1
                 if time.monotonic() - started > BATCH_SECONDS:
                     break
-        self._open, self._prefetched = {}, set()
         return done, notified
 
     def _kick_escalation(self) -> None:
@@ -305,35 +303,29 @@ class IncidentService:
             self._kick_escalation()
         return did
 
-    async def _fired(self, s: AsyncSession, tr: AlertTransition, now: datetime) -> bool:
-        notified = False
-        for routed in self.route(tr.labels):  # one group per handling route (several with ``continue``)
-            notified |= await self._fired_in(s, tr, routed, now)
-        return notified
-
-    async def _prefetch(self, s: AsyncSession, rows: Sequence[AlertTransition]) -> None:
-        """Load the open incidents of every group the batch's firing transitions belong to, in one query."""
-        keys = {r.group_key for tr in rows if tr.state == "firing" for r in self.route(tr.labels)}
-        self._open = {}
-        for chunk in _chunks(sorted(keys), 500):
+    async def _prefetch(
+        self, s: AsyncSession, rows: Sequence[AlertTransition]
+    ) -> tuple[dict[int, list[Routed]], dict[str, Incident]]:
+        """Route the batch's firing transitions (by ``id()`` of the row) and load the open incidents of all their
+        groups in one query (by group key; a group without one is absent)."""
+        routed = {id(tr): self.route(tr.labels) for tr in rows if tr.state == "firing"}
+        keys = sorted({r.group_key for rs in routed.values() for r in rs})
+        open_: dict[str, Incident] = {}
+        for chunk in _chunks(keys, 500):
             q = select(Incident).where(col(Incident.open_key).in_(chunk)).order_by(col(Incident.id))
             if not self.store.is_sqlite:
                 q = q.with_for_update()  # an ack in flight must not be overwritten by these transitions
             for inc in (await s.exec(q)).all():
-                self._open[inc.open_key] = inc  # type: ignore[index]
-        self._prefetched = keys
+                open_[inc.open_key] = inc  # type: ignore[index]
+        return routed, open_
 
-    async def _fired_in(self, s: AsyncSession, tr: AlertTransition, routed: Routed, now: datetime) -> bool:
+    async def _fired_in(
+        self, s: AsyncSession, tr: AlertTransition, routed: Routed, now: datetime, open_: dict[str, Incident]
+    ) -> bool:
         gkey = routed.group_key
-        if gkey in self._prefetched:
-            inc = self._open.get(gkey)
-            if inc is not None and inc.open_key != gkey:
-                inc = None  # resolved earlier in this batch
-        else:
-            q = select(Incident).where(Incident.open_key == gkey)
-            if not self.store.is_sqlite:
-                q = q.with_for_update()  # an ack in flight must not be overwritten by this transition
-            inc = (await s.exec(q)).first()
+        inc = open_.get(gkey)
+        if inc is not None and inc.open_key != gkey:
+            inc = None  # resolved earlier in this batch
         if inc is None:
             glabels = dict(routed.group_labels)
             glabels.setdefault("alertname", tr.alertname)
@@ -359,7 +351,7 @@ class IncidentService:
                     setattr(inc, k, v)
             s.add(inc)
             await s.flush()
-            self._open[gkey] = inc
+            open_[gkey] = inc
             decision = transitions.open_incident()
             alert = None
         else:
@@ -432,7 +424,7 @@ class IncidentService:
         fps = list(dict.fromkeys(fingerprints))
         if not fps:
             return []
-        async with self.store.session() as s:
+        async with self.store.read() as s:
             ids = (
                 await s.exec(
                     select(Incident.id)
@@ -570,6 +562,8 @@ class IncidentService:
                 s.add(ev)
                 self._escalate = fields is not None
             return False
+        if reason == "trigger":  # the first notification, held back by group_wait
+            return await self._enqueue(s, inc, "trigger", now, SYSTEM_ACTOR, None, None, reason)
         ev = IncidentEvent(
             incident_id=inc.id,  # type: ignore[arg-type]
             at=now,
@@ -578,23 +572,16 @@ class IncidentService:
             note=_REASON_NOTES.get(reason),
             data={"reason": reason},
         )
-        if reason != "trigger":
-            s.add(ev)
-            await s.flush()
-            # This notification carries the group as it is now: an older one still waiting (held by a time
-            # interval, or retrying an unreachable channel) would only repeat it, so it goes.
-            await s.exec(  # type: ignore[call-overload]
-                sa.update(Outbox)
-                .where(
-                    col(Outbox.incident_id) == inc.id,
-                    col(Outbox.kind) == "trigger",
-                    col(Outbox.state) == "pending",
-                )
-                .values(state="cancelled", last_error="cancelled: superseded by a newer notification")
-            )
-        return await self._enqueue(
-            s, inc, "trigger", now, SYSTEM_ACTOR, None, ev if reason != "trigger" else None, reason
+        s.add(ev)
+        await s.flush()
+        # This notification carries the group as it is now: an older one still waiting (held by a time interval,
+        # or retrying an unreachable channel) would only repeat it, so it goes.
+        await s.exec(  # type: ignore[call-overload]
+            sa.update(Outbox)
+            .where(col(Outbox.incident_id) == inc.id, col(Outbox.kind) == "trigger", col(Outbox.state) == "pending")
+            .values(state="cancelled", last_error="cancelled: superseded by a newer notification")
         )
+        return await self._enqueue(s, inc, "trigger", now, SYSTEM_ACTOR, None, ev, reason)
 
     def _escalation_columns(self, inc: Incident, prev: str, state: IncidentState, now: datetime) -> None:
         """Keep the escalation state in step with the incident's: an ack stops the steps (leaving only the ack
@@ -653,7 +640,7 @@ class IncidentService:
             every = _grouping(inc, "repeat_interval")
             if every and not inc.escalation_policy:
                 inc.notify_due_at, inc.notify_reason = now + timedelta(seconds=every), "repeat"
-            elif inc.notify_reason != "unmuted":
+            else:  # this page carries the group as it is now: nothing else is due
                 inc.notify_due_at, inc.notify_reason = None, None
             s.add(inc)
         if not inc.targets:

@@ -252,15 +252,9 @@ class Deliverer:
             if inc is None:
                 return False
             grouping = inc.grouping or {}
-            labels = [
-                dict(lbl)
-                for lbl, st in (
-                    await s.exec(select(Alert.labels, Alert.state).where(col(Alert.incident_id) == inc.id))
-                ).all()
-                if st == "firing"
-            ]
-            if not labels:
-                labels = [dict(x) for x in (await s.exec(select(Alert.labels).where(col(Alert.incident_id) == inc.id)))]
+            alerts = (await s.exec(select(Alert.labels, Alert.state).where(col(Alert.incident_id) == inc.id))).all()
+        # The firing alerts decide; a notice about an incident with none firing goes by all of its alerts.
+        labels = [dict(lbl) for lbl, st in alerts if st == "firing"] or [dict(lbl) for lbl, _ in alerts]
         window = muted_by_intervals(
             self.intervals,
             grouping.get("mute_time_intervals") or (),
