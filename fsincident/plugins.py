@@ -10,7 +10,7 @@ import importlib.metadata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -70,11 +70,32 @@ class SourceOptions(Options):
     """Consecutive failed collections before the built-in ``SourceDown`` alert fires."""
 
 
+class RateLimitOptions(Options):
+    """``rate_limit:`` of a channel: at most ``max`` sends per ``per`` to each destination; low-urgency pages over
+    the limit are bundled into one digest sent ``digest`` later (default: ``per``); high urgency is never held."""
+
+    max: int = Field(ge=1, le=100_000)
+    per: Duration
+    digest: Duration | None = None
+
+
+FALLBACK_TARGET = r"^(channel|user):[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
 class ChannelOptions(Options):
-    """Keys every notification channel has; a kind subclasses this with its own keys."""
+    """Keys every notification channel has; a kind subclasses this with its own keys.
+
+    ``template`` picks the shipped template set (``auto``: by destination), ``max_attempts``/``retry_for`` the
+    retry budget of each destination (default: ``delivery:``), ``fallback`` where a dead letter goes, and
+    ``rate_limit`` how many pages a destination takes per period."""
 
     name: Name
     type: str = "apprise"
+    template: Literal["auto", "chat", "email", "text"] = "auto"
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+    retry_for: Duration | None = None
+    fallback: Annotated[str, Field(pattern=FALLBACK_TARGET, max_length=200)] | None = None
+    rate_limit: RateLimitOptions | None = None
 
 
 class StateStore(Protocol):
@@ -136,13 +157,17 @@ class Message:
 
     title: str
     body: str
-    kind: str  # trigger | acknowledge | resolve | info
+    kind: str  # trigger | acknowledge | resolve | info | digest
     severity: str = "warning"
     data: Mapping[str, Any] | None = None
     """The page as structured data, for formats that need it (``webhook`` with ``format: alertmanager``):
     ``incident`` (the API form), ``alerts`` (each with fingerprint, labels, annotations, state, starts_at,
     ends_at, generator_url), ``group_key``, ``group_labels``, ``receiver``, ``reason``, ``external_url``.
     None for messages that are not about an incident (handoff notices)."""
+    format: str = "text"
+    """How ``body`` is written: ``text``, ``markdown`` or ``html`` (the destination's template style)."""
+    links: Mapping[str, str] | None = None
+    """Signed action links of the page (``ack``, ``resolve``) and the incident's ``incident`` URL, when any."""
 
 
 @runtime_checkable
@@ -155,6 +180,9 @@ class Notifier(Protocol):
     def destinations(self) -> list[str]:
         """Redacted descriptions of each destination, safe to log and show."""
         ...
+
+    # Optional: ``style(index) -> str`` says which template set suits destination ``index``: ``chat`` (short
+    # markdown), ``email`` (HTML with a text part), ``text`` or ``raw`` (the kind formats the page itself).
 
     async def send(self, index: int, message: Message, timeout: float) -> None:
         """Deliver to destination ``index``; raises NotifyError(permanent=...) on failure."""

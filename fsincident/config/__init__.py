@@ -18,12 +18,14 @@ from fsincident import plugins
 from fsincident.appriseurl import check_apprise_url
 from fsincident.config.model import (
     AlertmanagerApiOptions,
+    ChatOpsOptions,
     ContactOptions,
     DaemonOptions,
     DeliveryOptions,
     GroupOptions,
     InhibitRuleOptions,
     IntegrationOptions,
+    LinksOptions,
     RouteOptions,
     RuleFileOptions,
     RuleOptions,
@@ -102,6 +104,8 @@ class Config:
     integrations: tuple[IntegrationOptions, ...] = field(default=())
     alertmanager: AlertmanagerApiOptions = field(default_factory=AlertmanagerApiOptions)
     silences: SilencesOptions = field(default_factory=SilencesOptions)
+    links: LinksOptions = field(default_factory=LinksOptions)
+    chatops: ChatOpsOptions = field(default_factory=ChatOpsOptions)
 
     @property
     def host(self) -> str:
@@ -564,6 +568,39 @@ def _check_alertmanager_sections(
     )
 
 
+def _check_delivery(
+    doc: Document,
+    options: DaemonOptions | None,
+    channels: list[plugins.ChannelOptions],
+    known: dict[str, set[str]],
+    problems: list[Problem],
+) -> None:
+    """Fallback targets must exist; a lease must outlast the send timeout (or a slow send is sent twice)."""
+
+    def dangling(target: str) -> str | None:
+        kind, _, name = target.partition(":")
+        if name not in known.get(kind, set()):
+            return f"unknown {kind} {name!r}"
+        return None
+
+    if options is not None:
+        d = options.delivery
+        if d.fallback and (msg := dangling(d.fallback)):
+            problems.append(doc.problem(("delivery", "fallback"), msg))
+        if d.lease <= d.timeout:
+            problems.append(doc.problem(("delivery", "lease"), "must be longer than delivery.timeout"))
+    raw_channels = doc.data.get("channels") if isinstance(doc.data, dict) else None
+    for ch in channels:
+        idx = next(
+            (i for i, r in enumerate(raw_channels or []) if isinstance(r, dict) and r.get("name") == ch.name), None
+        )
+        if ch.fallback and idx is not None:
+            if msg := dangling(ch.fallback):
+                problems.append(doc.problem(("channels", idx, "fallback"), msg))
+            elif ch.fallback == f"channel:{ch.name}":
+                problems.append(doc.problem(("channels", idx, "fallback"), "a channel cannot be its own fallback"))
+
+
 def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
     """Load and validate ``DIR/fsincident.yaml`` and ``DIR/rules.d/*.yaml``; raises ConfigError with all problems."""
     root = Path(directory)
@@ -632,6 +669,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             policy_names: set[str] = set()
             policies = load_policies(doc, lists["escalation_policies"] or [], known, policy_names, problems)
             am = _check_alertmanager_sections(doc, lists, problems)
+            _check_delivery(doc, options, channels, known, problems)
             interval_names = set(am.interval_names)
             for i, raw in enumerate(lists["routes"] or []):
                 route = _check_route(doc, ("routes", i), raw, known, policy_names, interval_names, problems)
@@ -707,6 +745,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         integrations=am.integrations,
         alertmanager=options.alertmanager,
         silences=options.silences,
+        links=options.links,
+        chatops=options.chatops,
     )
 
 

@@ -69,6 +69,10 @@ class DeliveryOptions(Options):
     max_backoff: Duration = timedelta(minutes=10)
     concurrency: int = Field(8, ge=1, le=256)
     lease: Duration = timedelta(minutes=2)
+    retry_for: Duration | None = None
+    """A page still failing this long after it was queued is a dead letter (None: only ``max_attempts`` count)."""
+    fallback: Target | None = None
+    """Where dead letters go (``channel:NAME`` or ``user:NAME``) unless their channel names its own."""
 
 
 TimeZone = Annotated[str, AfterValidator(_tz)]
@@ -282,6 +286,31 @@ class SilencesOptions(Options):
     expiry_notice: bool = True
 
 
+class LinksOptions(Options):
+    """``links:`` — signed acknowledge/resolve links in pages: the HMAC key (unset: generated once and kept in
+    the database) and how long a link stays valid."""
+
+    secret: str | None = Field(None, min_length=16, max_length=1000)
+    ttl: Duration = timedelta(hours=24)
+
+
+class SlackOptions(Options):
+    signing_secret: str = Field(min_length=8, max_length=1000)
+
+
+class MattermostOptions(Options):
+    token: str = Field(min_length=8, max_length=1000)
+
+
+class ChatOpsOptions(Options):
+    """``chatops:`` — slash commands from Slack (verified by the app's signing secret) and Mattermost (by the
+    command's token); ``users`` maps a chat user id or name to an fsincident user (else the chat name is used)."""
+
+    slack: SlackOptions | None = None
+    mattermost: MattermostOptions | None = None
+    users: dict[str, str] = Field(default_factory=dict)
+
+
 class DaemonOptions(Options):
     """fsincident.yaml; ``sources`` and ``channels`` are validated per kind by the loader."""
 
@@ -301,6 +330,8 @@ class DaemonOptions(Options):
     integrations: list[IntegrationOptions] = Field(default_factory=list)
     alertmanager: AlertmanagerApiOptions = Field(default_factory=AlertmanagerApiOptions)
     silences: SilencesOptions = Field(default_factory=SilencesOptions)
+    links: LinksOptions = Field(default_factory=LinksOptions)
+    chatops: ChatOpsOptions = Field(default_factory=ChatOpsOptions)
 
 
 ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"

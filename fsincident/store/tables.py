@@ -141,7 +141,8 @@ class RuleSeriesState(SQLModel, table=True):
 
 
 class Outbox(SQLModel, table=True):
-    """A notification to deliver: pending -> sending (leased) -> sent | failed."""
+    """A notification to deliver: pending -> sending (leased) -> sent | failed (a dead letter); also cancelled,
+    muted, or bundled (waiting in the digest row ``digest_id``)."""
 
     __tablename__ = "outbox"
     id: int | None = Field(default=None, primary_key=True)
@@ -162,6 +163,54 @@ class Outbox(SQLModel, table=True):
     sent_at: datetime | None = _ts()
     data: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
     """The page as structured data (incident, alerts, group) for channel formats that need it."""
+    digest_id: int | None = Field(default=None, index=True)
+    """For a ``bundled`` row: the ``digest`` row that will carry it."""
+    fallback_for: int | None = Field(default=None)
+    """For a dead letter's copy: the outbox row that could not be delivered."""
+    claimed_by: str | None = Field(default=None, max_length=200)
+    """The replica that holds (or last held) the lease."""
+
+
+class NotificationAttempt(SQLModel, table=True):
+    """The notification log: one row per attempt or delivery decision of an outbox row."""
+
+    __tablename__ = "notification_attempt"
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", index=True, ondelete="CASCADE")
+    incident_id: int | None = Field(default=None, index=True)
+    target: str = Field(max_length=300)
+    dest_index: int = 0
+    destination: str = Field(default="", max_length=1000)
+    kind: str = Field(max_length=40)
+    attempt: int = 0
+    replica: str = Field(default="", max_length=200)
+    started_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    finished_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    duration_ms: float = 0.0
+    result: str = Field(max_length=20)
+    """sent | retry | failed | muted | held | bundled | cancelled | superseded"""
+    error: str | None = Field(default=None, max_length=2000)
+
+
+class UsedLink(SQLModel, table=True):
+    """A signed action link that was used (its nonce is the primary key: a link acts at most once)."""
+
+    __tablename__ = "used_link"
+    nonce: str = Field(primary_key=True, max_length=64)
+    incident_id: int
+    action: str = Field(max_length=20)
+    recipient: str = Field(max_length=300)
+    actor: str = Field(max_length=200)
+    used_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class DaemonSecret(SQLModel, table=True):
+    """A secret the daemon generated for itself (e.g. the link signing key when none is configured)."""
+
+    __tablename__ = "daemon_secret"
+    name: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_type=sa.Text, nullable=False)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
 
 
 class ApiToken(SQLModel, table=True):
