@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -24,7 +24,8 @@ class Module(Protocol):
 
 
 class Engine:
-    """Runs modules until stopped; a module runs again at once when it did work or when kicked."""
+    """Runs modules until stopped; a module runs again at once when it did work or when kicked. Modules and jobs
+    added with ``leader_only`` do nothing while ``leader`` is False (another replica leads)."""
 
     def __init__(self, clock: Clock):
         self.clock = clock
@@ -33,11 +34,26 @@ class Engine:
         self._events: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
+        self._leader_only: set[str] = set()
+        self.leader = True
 
-    def add(self, module: Module, idle: float = 1.0) -> None:
-        """Register ``module``; when idle it is polled every ``idle`` seconds."""
+    def add(self, module: Module, idle: float = 1.0, leader_only: bool = False) -> None:
+        """Register ``module``; when idle it is polled every ``idle`` seconds (with ``leader_only``, only while
+        this replica leads)."""
         self._modules[module.name] = (module, idle)
         self._events[module.name] = asyncio.Event()
+        if leader_only:
+            self._leader_only.add(module.name)
+        else:
+            self._leader_only.discard(module.name)
+
+    def set_leader(self, leader: bool) -> None:
+        """Run (True) or pause (False) the leader-only modules and jobs; a promotion wakes the modules at once. A
+        tick already running finishes."""
+        self.leader = leader
+        if leader:
+            for name in self._leader_only:
+                self.kick(name)
 
     def kick(self, name: str) -> None:
         ev = self._events.get(name)
@@ -57,8 +73,15 @@ class Engine:
         module, idle = self._modules[name]
         ev = self._events[name]
         failures = 0
+        leader_only = name in self._leader_only
         while self._running:
             ev.clear()
+            if leader_only and not self.leader:
+                try:  # a follower: wait for a promotion (set_leader kicks) or the next poll
+                    await asyncio.wait_for(ev.wait(), timeout=idle)
+                except TimeoutError:
+                    pass
+                continue
             try:
                 did = await module.tick(self.clock.now())
                 failures = 0
@@ -88,13 +111,24 @@ class Engine:
                 pass
 
     def every(
-        self, job_id: str, interval: timedelta, fn: Callable[[], Awaitable[None]], *, delay: timedelta = timedelta(0)
+        self,
+        job_id: str,
+        interval: timedelta,
+        fn: Callable[[], Awaitable[None]],
+        *,
+        delay: timedelta = timedelta(0),
+        leader_only: bool = False,
     ) -> None:
-        """Run ``fn`` every ``interval`` (replacing a job with the same id), the first time after ``delay``."""
+        """Run ``fn`` every ``interval`` (replacing a job with the same id), the first time after ``delay``; with
+        ``leader_only`` a run does nothing while this replica does not lead."""
+        if leader_only:
+            fn = self._when_leader(fn)
         existing = self.scheduler.get_job(job_id)
         kwargs = {}
         if existing is None or existing.trigger.interval != interval:
-            kwargs["next_run_time"] = self.clock.now() + delay
+            # apscheduler runs on the wall clock whatever ``self.clock`` says: a first run time taken from a clock
+            # set in the past (tests) would make it count every missed run since then, freezing the loop.
+            kwargs["next_run_time"] = datetime.now(UTC) + delay
         self.scheduler.add_job(
             fn,
             "interval",
@@ -106,6 +140,13 @@ class Engine:
             misfire_grace_time=max(1, int(interval.total_seconds())),
             **kwargs,
         )
+
+    def _when_leader(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            if self.leader:
+                await fn()
+
+        return run
 
     def remove_jobs_except(self, prefix: str, keep: set[str]) -> None:
         for job in self.scheduler.get_jobs():

@@ -161,8 +161,10 @@ class Evaluator:
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def restore(self) -> None:
-        """Load the series state from SQL so a restart neither re-pages nor forgets a pending or held alert.
+    async def restore(self, reset: bool = False) -> None:
+        """Load the series state from SQL so a restart neither re-pages nor forgets a pending or held alert; with
+        ``reset`` (a replica promoted to leader) what SQL holds replaces what memory remembers. Raises on a
+        database error.
 
         ``last_active`` is restored as persisted: ``keep_firing_for`` counts from the last evaluation where the
         condition held, which the row records exactly (see ``_persisted``), so a restart neither cuts the hold
@@ -170,6 +172,9 @@ class Evaluator:
         """
         async with self.store.session() as s:
             rows = (await s.exec(select(RuleSeriesState))).all()
+        if reset:  # the leader before this one evaluated meanwhile: its state in SQL is the truth
+            self.tracked.clear()
+            self._pending_removal = []
         for r in rows:
             st = SeriesState(
                 AlertState(r.state),

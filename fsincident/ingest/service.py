@@ -275,7 +275,7 @@ class _SqliteWriter(_Writer):
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         # No checkpoints from here: the request path leaves them to the other connections (the store's), which
         # run them after their own commits.
-        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000", "wal_autocheckpoint=0"):
+        for pragma in ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON", "wal_autocheckpoint=0"):
             conn.execute(f"PRAGMA {pragma}")
         self._sync = ""
         return conn
@@ -423,6 +423,9 @@ class IngestService:
         self._lock = asyncio.Lock()
         self._loaded = False
         self._next_scan = 0.0
+        # False on a follower replica: the leader resolves expired alerts (whichever replica received them) and
+        # this one only writes the newer ends it keeps in memory.
+        self.expiring = True
         postgres = not store.is_sqlite
         _, _, self._resolve_tr, self._resolve, self._extend = _statements(postgres)
         self._ts: Callable[[datetime], Any] = (lambda d: d) if postgres else _sqlite_ts
@@ -461,22 +464,41 @@ class IngestService:
         async with self._lock:
             if self._loaded:
                 return
-            t = _TABLE.c
-            q = sa.select(
-                t.fingerprint, t.labels, t.annotations, t.generator_url, t.origin, t.starts_at, t.ends_at, t.updated_at
-            ).where(t.state == "firing")
-            try:
-                async with self.store.read_engine.connect() as conn:
-                    rows = (await conn.execute(q)).all()
-            except sa.exc.SQLAlchemyError as e:
-                raise IngestError(f"cannot read ingested alerts: {type(e).__name__}") from e
-            for fp, labels, annotations, url, origin, starts, ends, updated in rows:
-                ends = ensure_utc(ends) or NEVER
-                e = _Firing(fp, labels, annotations, url, origin, ensure_utc(starts), ends, True, ensure_utc(updated))  # type: ignore[arg-type]
-                self._firing[fp] = e
-                self._push(e)
-            self._loaded = True
-            self.m_firing.set(len(self._firing))
+            await self._load()
+
+    async def reload(self) -> None:
+        """Replace memory with the firing rows of SQL (a replica promoted to leader then expires alerts the other
+        replica received on time), keeping a later end that memory has not written yet; raises IngestError."""
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
+        """Under ``_lock``: memory := the firing rows of SQL, each with the later end of memory and SQL."""
+        t = _TABLE.c
+        q = sa.select(
+            t.fingerprint, t.labels, t.annotations, t.generator_url, t.origin, t.starts_at, t.ends_at, t.updated_at
+        ).where(t.state == "firing")
+        try:
+            async with self.store.read_engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+        except sa.exc.SQLAlchemyError as e:
+            raise IngestError(f"cannot read ingested alerts: {type(e).__name__}") from e
+        firing: dict[str, _Firing] = {}
+        for fp, labels, notes, url, origin, starts, ends, updated in rows:
+            ends = ensure_utc(ends) or NEVER
+            mem = self._firing.get(fp)
+            if mem is not None and mem.ends >= ends:
+                mem.durable = ends  # what SQL holds: a later end in memory is written before it passes
+                firing[fp] = mem
+            else:
+                starts, updated = ensure_utc(starts), ensure_utc(updated)
+                firing[fp] = _Firing(fp, labels, notes, url, origin, starts, ends, True, updated)  # type: ignore[arg-type]
+        self._firing = firing
+        self._heap = [(e.due(), next(self._seq), e.fp) for e in firing.values()]
+        heapq.heapify(self._heap)
+        self._loaded = True
+        self._next_scan = 0.0
+        self.m_firing.set(len(firing))
 
     async def _write(self, body: Callable[[_Exec], T], durable: bool) -> T:
         """Run ``body`` in one write transaction, queued with the store's other writers (SQLite has one)."""
@@ -699,6 +721,13 @@ class IngestService:
                     flush[fp] = e
                 else:
                     self._push(e)  # a stale heap entry of an alert whose end moved
+            if not self.expiring:  # a follower forgets them: the leader resolves them from SQL
+                for fp in expired:
+                    self._firing.pop(fp, None)
+                dropped, expired = bool(expired), {}
+                if not flush:
+                    self.m_firing.set(len(self._firing))
+                    return dropped
             ts = self._ts
             sql_now = ts(now)
             flush_rows = [{"fp": e.fp, "ends": ts(e.ends), "now": sql_now} for e in flush.values()]
@@ -707,6 +736,8 @@ class IngestService:
 
             def body(ex: _Exec) -> tuple[int, list[tuple[str, str, datetime]], int]:
                 extended = ex.many(self._extend, flush_rows)
+                if not self.expiring:
+                    return extended, [], 0
                 # Rows firing past their stored end that memory did not name (written by another instance, or
                 # with a later end in memory that is not written yet).
                 more, later = [], []

@@ -171,10 +171,15 @@ def _sqlite_pragmas(engine: AsyncEngine, begin: str) -> None:
         # instead of failing with SQLITE_BUSY when it upgrades a read lock.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout first: switching to WAL needs a lock another connection may hold for a moment, and
+        # a database that is in WAL mode already (every one after the first start) is not switched again.
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA journal_mode")
+        mode = cur.fetchone()
+        if not mode or str(mode[0]).lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
