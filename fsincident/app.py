@@ -23,6 +23,7 @@ from fsincident.escalation.service import EscalationService
 from fsincident.evaluation.evaluator import Evaluator
 from fsincident.incidents.service import IncidentService
 from fsincident.ingest.service import IngestService
+from fsincident.notify.links import LinkSigner, link_key
 from fsincident.notify.outbox import Deliverer, Notifiers
 from fsincident.notify.render import Renderer
 from fsincident.obs import Metrics, Redactor, get_logger
@@ -32,6 +33,7 @@ from fsincident.routing.tree import route as route_alert
 from fsincident.silences.service import SilenceService
 from fsincident.sources.runner import SourceRunner
 from fsincident.store import SqlStateStore, Store
+from fsincident.store.leader import Leadership, replica_name
 
 log = get_logger("fsincident.app")
 
@@ -67,6 +69,11 @@ class Daemon:
         self.metrics = Metrics()
         self.store = Store(config.database)
         self.engine = Engine(self.clock)
+        self.replica = replica_name()  # hostname:pid, recorded on the outbox rows this replica claims
+        # PostgreSQL: one replica at a time leads (advisory lock); SQLite: one daemon per database file.
+        self.leadership = Leadership(config.database, self.replica)
+        self.leadership.on_change(self._leader_changed)
+        self._restored = False
         self.sources = SourceRunner(self.clock, self.metrics, lambda name: SqlStateStore(self.store, name, self.clock))
         self.notifiers = Notifiers(config)
         self.renderer = Renderer(config.templates, config.external_url)
@@ -81,6 +88,9 @@ class Daemon:
             config.delivery,
             muter=self.silences,
             time_intervals=config.time_intervals,
+            replica=self.replica,
+            renderer=self.renderer,
+            link_base=config.external_url,
         )
         self.schedules = ScheduleService(self.store, self.clock, self.metrics, config)
         self.handoffs = HandoffNotifier(
@@ -132,6 +142,18 @@ class Daemon:
         self._watchdog: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Task[None]] = set()
+        self.links: LinkSigner | None = None  # signs ack/resolve links in pages; set by start() and reload()
+
+    @property
+    def link_base(self) -> str:
+        """Where signed links point: the external URL (``http://{listen}`` when none is configured)."""
+        return self.config.external_url
+
+    async def _link_signer(self, config: Config) -> LinkSigner:
+        """The link signer of ``config``: its secret, else the key kept in the database; raises on a store error."""
+        key = await link_key(self.store, config.links.secret)
+        self.redactor.add([key.decode("utf-8", "replace")])  # the generated key is a secret like a configured one
+        return LinkSigner(key, config.links.ttl)
 
     @property
     def ready(self) -> bool:
@@ -140,9 +162,19 @@ class Daemon:
     async def start(self) -> None:
         """Migrate, load rule state, bind the API, start the engine; raises on a bad database or port."""
         self._set_secrets(self.config)
-        await self.store.upgrade()
+        await self.leadership.start()  # SQLite: refuses a second daemon on the file; PostgreSQL: first try
+        if not self.leadership.is_leader:
+            await self._leader_changed(False)
+        async with self.leadership.exclusive():  # replicas starting together migrate one at a time
+            await self.store.upgrade()
+        self.links = await self._link_signer(self.config)
+        await self._release_orphaned_leases()
+        term = self.leadership.term
         await self.evaluator.restore()
         await self.ingest.restore()
+        self._restored = True
+        if self.leadership.term != term and self.leadership.is_leader:  # promoted while loading: load again
+            await self._leader_changed(True)
         ctx = ApiContext(
             store=self.store,
             incidents=self.incidents,
@@ -157,17 +189,21 @@ class Daemon:
             config=lambda: self.config,
             routes=lambda: self.routes,
             started_at=time.time(),
+            links=lambda: self.links,
+            role=lambda: self.leadership.role,
         )
         self.runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, self.config.port, reuse_address=True)
         await site.start()
-        self.engine.add(self.incidents, idle=1.0)
+        # Leader-only stages run on one replica at a time; delivery (SKIP LOCKED claims) and the API run on every
+        # one. Ingest runs everywhere to write the ends it keeps in memory; only the leader expires (``expiring``).
+        self.engine.add(self.incidents, idle=1.0, leader_only=True)
         self.engine.add(self.deliverer, idle=1.0)
-        self.engine.add(self.escalation, idle=1.0)
-        self.engine.add(self.silences, idle=5.0)  # wakes when a silence starts or ends (sleep_hint)
+        self.engine.add(self.escalation, idle=1.0, leader_only=True)
+        self.engine.add(self.silences, idle=5.0, leader_only=True)  # wakes when a silence starts or ends (sleep_hint)
         self.engine.add(self.ingest, idle=5.0)  # wakes when an ingested alert ends (sleep_hint)
-        self.engine.add(self.handoffs, idle=30.0)  # wakes at the next handoff (sleep_hint) or when kicked
+        self.engine.add(self.handoffs, idle=30.0, leader_only=True)  # wakes at the next handoff (sleep_hint) or kick
         await self._apply(self.config)
         self.engine.start()
         self._ready = True
@@ -187,8 +223,15 @@ class Daemon:
         """Wire a validated config into the running stages and (re)schedule their jobs."""
         await self.sources.configure(config.sources)
         self.notifiers = Notifiers(config)
-        self.deliverer.configure(self.notifiers, config.delivery, config.time_intervals)
         self.renderer = Renderer(config.templates, config.external_url)
+        self.deliverer.configure(
+            self.notifiers,
+            config.delivery,
+            config.time_intervals,
+            renderer=self.renderer,
+            signer=self.links,
+            link_base=config.external_url,
+        )
         self.incidents.external_url = config.external_url
         self.routes = routes_of(config)
         self.schedules.configure(config)
@@ -196,7 +239,8 @@ class Daemon:
         self.silences.configure(config)
         self.ingest.configure(config)
         self.evaluator.set_groups(config.groups, config.slos)
-        await self.evaluator.resolve_removed()
+        if self.leadership.is_leader:  # a follower's rule state may be stale; the leader resolves removed rules
+            await self.evaluator.resolve_removed()
         keep = set()
         for s in config.sources:
             job = f"source:{s.name}"
@@ -210,11 +254,49 @@ class Daemon:
             shortest = min((s.interval for s in config.sources), default=g.interval)
             delay = min(timedelta(milliseconds=250), shortest / 4)
             self.engine.every(
-                job, g.interval, _quiet(lambda n=g.name: self.evaluator.evaluate_group(n), self._jobs), delay=delay
+                job,
+                g.interval,
+                _quiet(lambda n=g.name: self.evaluator.evaluate_group(n), self._jobs),
+                delay=delay,
+                leader_only=True,
             )
-        self.engine.every("health:sources", timedelta(seconds=2), _quiet(self.evaluator.evaluate_health, self._jobs))
+        self.engine.every(
+            "health:sources", timedelta(seconds=2), _quiet(self.evaluator.evaluate_health, self._jobs), leader_only=True
+        )
         self.engine.remove_jobs_except("source:", keep)
         self.engine.remove_jobs_except("group:", keep)
+
+    async def _release_orphaned_leases(self) -> None:
+        """SQLite is single-node (the file lock is held): a page still ``sending`` was left by a process that died
+        mid-send, so it is due again now instead of when its lease would have run out (up to ``delivery.lease``)."""
+        if not self.store.is_sqlite:
+            return  # PostgreSQL: another replica may hold those leases
+        import sqlalchemy as sa
+
+        from fsincident.store.tables import Outbox
+
+        now = self.clock.now()
+        async with self.store.session() as s:
+            res = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(Outbox.state == "sending", Outbox.lease_until > now)  # type: ignore[arg-type,operator]
+                .values(lease_until=now)
+            )
+        if res.rowcount:
+            log.info("orphaned_leases_released", count=res.rowcount)
+
+    async def _leader_changed(self, leader: bool) -> None:
+        """On promotion take over the rule state and the firing index from SQL (the previous leader kept them),
+        then run the leader-only stages; on step-down pause them. Raises on a database error (Leadership then
+        steps down and tries again)."""
+        if leader and self._restored:
+            await self.evaluator.restore(reset=True)
+            self.evaluator.set_groups(self.config.groups, self.config.slos)  # state of rules no longer configured
+            await self.evaluator.resolve_removed()
+            await self.ingest.reload()
+        self.ingest.expiring = leader
+        self.engine.set_leader(leader)
+        self.metrics.leader.set(1 if leader else 0)
 
     def _set_secrets(self, config: Config) -> None:
         secrets = Notifiers(config).secrets()
@@ -222,13 +304,21 @@ class Daemon:
         password = _db_password(config.database)
         if password:
             secrets.append(password)
+        if config.links.secret:
+            secrets.append(config.links.secret)
+        if config.chatops.slack is not None:  # chat-ops credentials
+            secrets.append(config.chatops.slack.signing_secret)
+        if config.chatops.mattermost is not None:
+            secrets.append(config.chatops.mattermost.token)
         # A source kind declares its secrets (passwords, tokens, heartbeat keys) with a static
         # ``secrets_of(options) -> list[str]``.
         for opts in config.sources:
             secrets_of = getattr(plugins.sources.get(opts.type), "secrets_of", None)
             if secrets_of is not None:
                 secrets.extend(s for s in secrets_of(opts) if s)
-        self.redactor.set(secrets)
+        # Added to those of earlier configs, not replacing them: a reload that fails after this keeps running the
+        # old config, and pages already in flight may still name an old destination.
+        self.redactor.add(secrets)
 
     async def reload(self) -> bool:
         """Reload the config directory; a bad config keeps the running one. Returns success."""
@@ -248,6 +338,7 @@ class Daemon:
                         ]
                     )
                 self._set_secrets(new)
+                signer = await self._link_signer(new)
                 await self._apply(new)
             except ConfigError as e:
                 self.metrics.reload_ok.set(0)
@@ -260,6 +351,8 @@ class Daemon:
                 sd_notify("READY=1\nSTATUS=running (last reload failed)")
                 return False
             self.config = new
+            self.links = signer
+            self.deliverer.signer = signer
             self.metrics.reload_ok.set(1)
             self.metrics.reload_time.set(time.time())
             log.info("config_reloaded", sources=len(new.sources), rules=len(new.rules))
@@ -301,6 +394,7 @@ class Daemon:
         await self.evaluator.close()
         await self.sources.close()
         await self.ingest.close()
+        await self.leadership.close()  # after the leader-only work stopped: a follower takes over at once
         await self.store.close()
         log.info("daemon_stopped")
 

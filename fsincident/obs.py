@@ -28,6 +28,12 @@ class Redactor:
         with self._lock:
             self._secrets = tuple(sorted(cleaned, key=len, reverse=True))
 
+    def add(self, secrets: Iterable[str]) -> None:
+        """Hide ``secrets`` too, keeping the ones already registered; never fails."""
+        with self._lock:
+            cleaned = {s for s in secrets if s and len(s) >= 4} | set(self._secrets)
+            self._secrets = tuple(sorted(cleaned, key=len, reverse=True))
+
     def scrub(self, text: str) -> str:
         for s in self._secrets:
             if s in text:
@@ -93,7 +99,8 @@ def configure_logging(level: str = "info", redactor: Redactor | None = None, str
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "apscheduler", "alembic", "sqlalchemy", "asyncio"):
+    # aiosqlite and urllib3 debug lines carry SQL parameters and request paths (keys, tokens): never wanted.
+    for noisy in ("aiohttp.access", "apscheduler", "alembic", "sqlalchemy", "asyncio", "aiosqlite", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -177,6 +184,15 @@ class Metrics:
         self.delivery_seconds = Histogram(
             "fsincident_notify_delivery_duration_seconds", "Time of one delivery attempt.", ["channel"], registry=r
         )
+        self.dead_letters = Counter(
+            "fsincident_notify_dead_letters_total", "Notifications given up on (dead letters).", ["target"], registry=r
+        )
+        self.digests = Counter(
+            "fsincident_notify_digests_total", "Digests sent (rate-limited pages bundled).", ["target"], registry=r
+        )
+        self.bundled = Counter(
+            "fsincident_notify_bundled_total", "Pages bundled into a digest by a rate limit.", ["target"], registry=r
+        )
         self.incidents_open = Gauge(
             "fsincident_incidents_open", "Incidents not resolved, by state.", ["state"], registry=r
         )
@@ -193,6 +209,11 @@ class Metrics:
             "fsincident_api_requests_total", "HTTP API requests by route and status.", ["route", "status"], registry=r
         )
         self.silences = Gauge("fsincident_silences", "Silences by state.", ["state"], registry=r)
+        self.leader = Gauge(
+            "fsincident_leader",
+            "1 while this replica leads (evaluation, incidents, escalation, silences run here); 0 on a follower.",
+            registry=r,
+        )
 
 
 def tune_gc() -> None:

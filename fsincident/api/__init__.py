@@ -52,6 +52,8 @@ class ApiContext:
     config: Callable[[], Any] | None = None  # the running Config (changes on reload)
     routes: Callable[[], Any] | None = None  # the running route tree (routing.tree.Route)
     started_at: float = 0.0  # time.time() at start, for /api/v2/status uptime
+    links: Callable[[], Any] | None = None  # the running notify.links.LinkSigner (changes on reload)
+    role: Callable[[], str] | None = None  # "leader" or "follower" (store.leader.Leadership.role)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,9 +174,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[CTX].ready():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "starting"}, status=503)
+    ctx = request.app[CTX]
+    role = ctx.role() if ctx.role is not None else "leader"
+    if ctx.ready():
+        return web.json_response({"status": "ready", "role": role})
+    return web.json_response({"status": "starting", "role": role}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -317,6 +321,15 @@ def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] |
     from fsincident.api import pagerduty  # here, not at the top: it imports this module
 
     pagerduty.add_routes(app)
+    from fsincident.api import notifications  # here, not at the top: it imports this module
+
+    notifications.add_routes(app)
+    from fsincident.api import chatops  # here, not at the top: it imports this module
+
+    chatops.add_routes(app)
+    from fsincident.api import links  # here, not at the top: it imports this module
+
+    links.add_routes(app)
     if extra_routes:
         extra_routes(app)
     return app

@@ -7,7 +7,7 @@ the outbox rows of the notifications it causes, so a crash loses no page and no 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ log = get_logger("fsincident.incidents")
 
 RenderFn = Callable[[str, dict[str, Any], list[dict[str, Any]], str | None, str | None], tuple[str, str]]
 DestinationsFn = Callable[[str], int]
+Guard = Callable[[AsyncSession, Incident], Awaitable[None]]  # checks/adds rows inside a manual transition
 RouteFn = Callable[[dict[str, str]], list[Routed]]
 
 SYSTEM_ACTOR = "fsincident"
@@ -410,13 +411,29 @@ class IncidentService:
 
     # ------------------------------------------------------------------ responders
 
-    async def ack(self, incident_id: int, by: str, note: str | None = None) -> dict[str, Any]:
-        """Acknowledge; raises NotFound, or TransitionError for a resolved incident. Idempotent when acked."""
-        return await self._manual(incident_id, transitions.ack, by, note)
+    async def ack(
+        self,
+        incident_id: int,
+        by: str,
+        note: str | None = None,
+        data: dict[str, Any] | None = None,
+        guard: Guard | None = None,
+    ) -> dict[str, Any]:
+        """Acknowledge; raises NotFound, or TransitionError for a resolved incident. Idempotent when acked.
+        ``data`` goes into the timeline event; ``guard`` runs first in the same transaction (see _manual)."""
+        return await self._manual(incident_id, transitions.ack, by, note, data, guard)
 
-    async def resolve(self, incident_id: int, by: str, note: str | None = None) -> dict[str, Any]:
-        """Resolve by hand; raises NotFound. Resolving a resolved incident changes nothing."""
-        return await self._manual(incident_id, transitions.resolve, by, note)
+    async def resolve(
+        self,
+        incident_id: int,
+        by: str,
+        note: str | None = None,
+        data: dict[str, Any] | None = None,
+        guard: Guard | None = None,
+    ) -> dict[str, Any]:
+        """Resolve by hand; raises NotFound. Resolving a resolved incident changes nothing. ``data`` and
+        ``guard`` as for :meth:`ack`."""
+        return await self._manual(incident_id, transitions.resolve, by, note, data, guard)
 
     async def ack_alerts(self, fingerprints: Iterable[str], by: str, note: str | None = None) -> list[int]:
         """Acknowledge every open, triggered incident in which one of ``fingerprints`` fires (PagerDuty's
@@ -447,8 +464,16 @@ class IncidentService:
         return done
 
     async def _manual(
-        self, incident_id: int, fn: Callable[[IncidentState], transitions.Decision], by: str, note: str | None
+        self,
+        incident_id: int,
+        fn: Callable[[IncidentState], transitions.Decision],
+        by: str,
+        note: str | None,
+        data: dict[str, Any] | None = None,
+        guard: Guard | None = None,
     ) -> dict[str, Any]:
+        """Apply ``fn`` to the (locked) incident; ``guard(s, inc)`` runs first in the same transaction and may
+        raise to refuse (nothing is written) or add rows that commit together with the transition."""
         now = self.clock.now()
         async with self.store.session() as s:
             q = select(Incident).where(Incident.id == incident_id)
@@ -457,8 +482,10 @@ class IncidentService:
             inc = (await s.exec(q)).first()
             if inc is None:
                 raise NotFound(f"incident {incident_id} not found")
+            if guard is not None:
+                await guard(s, inc)
             decision = fn(IncidentState(inc.state))
-            notified = await self._apply(s, inc, decision, now, by, note, {})
+            notified = await self._apply(s, inc, decision, now, by, note, dict(data or {}))
             out = incident_dict(inc)
         if decision.changed:
             log.info("incident_" + decision.events[-1], incident_id=incident_id, actor=by)
@@ -602,13 +629,14 @@ class IncidentService:
             setattr(inc, k, v)
 
     async def _cancel_pending_pages(self, s: AsyncSession, inc: Incident, now: datetime) -> None:
-        # Every page not yet handed to a notifier: first attempts, retries and delayed contact methods alike.
+        # Every page not yet handed to a notifier: first attempts, retries, delayed contact methods and pages
+        # bundled into a rate limit's digest alike.
         res = await s.exec(  # type: ignore[call-overload]
             sa.update(Outbox)
             .where(
                 col(Outbox.incident_id) == inc.id,
                 col(Outbox.kind) == "trigger",
-                col(Outbox.state) == "pending",
+                col(Outbox.state).in_(("pending", "bundled")),
             )
             .values(state="cancelled", last_error="cancelled: incident " + inc.state)
         )
@@ -776,6 +804,8 @@ class IncidentService:
             "receiver": (inc.grouping or {}).get("receiver") or ",".join(inc.targets) or "none",
             "reason": reason or kind,
             "external_url": self.external_url,
+            "actor": actor,  # who acknowledged/resolved, and their note: the templates show them
+            "note": note,
         }
         return title, body, data
 

@@ -30,7 +30,7 @@ async def test_healthz_and_readyz_need_no_token(api):
     status, body, _ = await api.call("GET", "/healthz")
     assert (status, body) == (200, {"status": "ok"})
     status, body, _ = await api.call("GET", "/readyz")
-    assert (status, body) == (200, {"status": "ready"})
+    assert (status, body) == (200, {"status": "ready", "role": "leader"})
 
 
 async def test_readyz_is_503_until_ready(api):
@@ -40,7 +40,7 @@ async def test_readyz_is_503_until_ready(api):
     )
     async with TestServer(build_app(ctx), host="127.0.0.1") as server:
         status, body, _ = await api.call("GET", str(server.make_url("/readyz")))
-    assert (status, body) == (503, {"status": "starting"})
+    assert (status, body) == (503, {"status": "starting", "role": "leader"})
 
 
 async def test_metrics_need_no_token(api):

@@ -251,8 +251,10 @@ async def test_client_error_is_permanent(store, clock, rcv):
     [row] = await outbox(store)
     assert (row.state, row.attempts) == ("failed", 1)
     assert "404" in row.last_error
-    [ev] = await timeline(store, iid)
+    # The failed attempt, then the verdict: a dead letter (no fallback configured).
+    ev, dead = await timeline(store, iid)
     assert (ev.kind, ev.data["attempt"]) == ("notify_failed", 1)
+    assert (dead.kind, dead.data["reason"], dead.data["fallback"]) == ("notify_dead", "permanent error", None)
     clock.advance(timedelta(hours=1))
     assert await d.tick(clock.now()) is False
 
@@ -280,6 +282,7 @@ async def test_max_attempts_then_failed(store, clock, rcv):
         ("notify_retry", 1),
         ("notify_retry", 2),
         ("notify_failed", 3),
+        ("notify_dead", 3),
     ]
     assert await d.tick(clock.now()) is False
     assert rcv.received == []
@@ -292,12 +295,15 @@ async def test_unknown_target_fails_permanently(store, clock, rcv):
     [row] = await outbox(store)
     assert (row.state, row.attempts) == ("failed", 1)
     assert "no longer configured" in row.last_error
-    assert [e.kind for e in await timeline(store, iid)] == ["notify_failed"]
+    assert [e.kind for e in await timeline(store, iid)] == ["notify_failed", "notify_dead"]
 
 
 async def test_same_incident_and_destination_deliver_in_id_order(store, clock, rcv):
     iid = await new_incident(store, clock)
-    ids = await enqueue(store, clock, iid, n=3)
+    # Three notifications of different kinds (a newer due page of the same kind would supersede an older one).
+    ids = []
+    for i, kind in enumerate(("trigger", "acknowledge", "resolve")):
+        ids += await enqueue(store, clock, iid, kind=kind, title=f"page {i}")
     [other] = await enqueue(store, clock, iid, dest_index=1)  # another destination is not held back
     d = deliverer(store, clock, rcv, paths=2)
 
@@ -329,11 +335,16 @@ async def test_same_incident_and_destination_deliver_in_id_order(store, clock, r
 async def test_failed_row_does_not_block_the_next(store, clock, rcv):
     iid = await new_incident(store, clock)
     ids = await enqueue(store, clock, iid, n=2)
+    async with store.session() as s:  # the second page is due a second later (a due one would supersede the first)
+        await s.exec(
+            sa.update(Outbox).where(col(Outbox.id) == ids[1]).values(next_attempt_at=clock.now() + timedelta(seconds=1))
+        )
     d = deliverer(store, clock, rcv)
     rcv.status = 400
     await d.tick(clock.now())
     rcv.status = 200
+    clock.advance(timedelta(seconds=1))
     await d.tick(clock.now())
     rows = await outbox(store)
     assert [(r.id, r.state) for r in rows] == [(ids[0], "failed"), (ids[1], "sent")]
-    assert [e.kind for e in await timeline(store, iid)] == ["notify_failed", "notify_sent"]
+    assert [e.kind for e in await timeline(store, iid)] == ["notify_failed", "notify_dead", "notify_sent"]
