@@ -102,13 +102,44 @@ def _round(value: Any, precision: int = 0) -> Any:
         return value
 
 
-def make_environment() -> ImmutableSandboxedEnvironment:
-    """A fresh sandbox: StrictUndefined, capped arithmetic, no constant folding of operators."""
-    env = _CappedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+_MD_LEADING = re.compile(r"^([#+\-=]|\d+[.)])")
+
+
+_MENTION = re.compile(r"@(?=\w)")
+
+
+def no_mentions(value: Any) -> str:
+    """``value`` with every ``@word`` defused by a zero-width space after the ``@``: an alert's text must not ping
+    a whole chat channel (``@channel``, ``@here``, Discord's ``@everyone``, which apprise turns into a ping)."""
+    return _MENTION.sub("@\u200b", str(value))
+
+
+def markdown_escape(value: Any) -> str:
+    """``value`` as one line of literal CommonMark text: punctuation that would format is backslash-escaped, and
+    @-mentions are defused (see :func:`no_mentions`)."""
+    text = _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+    m = _MD_LEADING.match(text)  # a heading, list or rule marker only counts at the start of a line
+    text = text if m is None else text[: m.end() - 1] + "\\" + text[m.end() - 1 :]
+    return no_mentions(text)
+
+
+def markdown_code(value: Any) -> str:
+    """``value`` made safe inside a CommonMark code span: one line, backticks replaced by a quote, @-mentions
+    defused (apprise looks for pings in code spans too)."""
+    return no_mentions(" ".join(str(value).split()).replace("`", "'"))
+
+
+def make_environment(*, autoescape: bool = False) -> ImmutableSandboxedEnvironment:
+    """A fresh sandbox: StrictUndefined, capped arithmetic, no constant folding of operators; ``autoescape``
+    HTML-escapes every ``{{ }}`` output (for HTML templates)."""
+    env = _CappedEnvironment(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False)
     # Sandboxed binary operators go through call_binop at render time instead of being folded
     # at compile time, where an unbounded '**' would hang inside from_string().
     env.intercepted_binops = frozenset({"*", "**", "+", "//", "%", "/", "-"})
     env.filters["round"] = _round
+    env.filters["md"] = markdown_escape
+    env.filters["mdcode"] = markdown_code
     for name in ("center", "indent", "format", "wordwrap", "truncate", "filesizeformat"):
         if name in env.filters:
             env.filters[name] = _capped_filter(env.filters[name])
@@ -116,14 +147,18 @@ def make_environment() -> ImmutableSandboxedEnvironment:
 
 
 _ENV = make_environment()
+_HTML_ENV = make_environment(autoescape=True)
 
 
 class CompiledTemplate:
-    """A template compiled once at load; ``render`` raises TemplateProblem, never hangs on arithmetic."""
+    """A template compiled once at load; ``render`` raises TemplateProblem, never hangs on arithmetic.
 
-    def __init__(self, source: str, *, env: ImmutableSandboxedEnvironment | None = None):
+    ``autoescape=True`` compiles it for HTML output: every ``{{ }}`` is escaped unless marked ``| safe``."""
+
+    def __init__(self, source: str, *, env: ImmutableSandboxedEnvironment | None = None, autoescape: bool = False):
         self.source = source
-        env = env or _ENV
+        self.autoescape = autoescape
+        env = env or (_HTML_ENV if autoescape else _ENV)
         try:
             self._template = env.from_string(source)
         except TemplateError as e:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fsincident import config as config_mod
-from fsincident.cli import oncall, ruletools, silence
+from fsincident.cli import oncall, render, ruletools, silence
 from fsincident.core import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -32,6 +32,7 @@ commands:
   oncall     who is on call now (or --at TIME), per schedule, through the HTTP API
   override   add | list | delete schedule overrides, through the HTTP API
   silence    add | list | expire silences (mute matching alerts for a while), through the HTTP API
+  render     preview the page each destination of a channel would get (--incident ID --channel NAME)
 
 Client commands find the daemon through --url/--token, else FSINCIDENT_URL/FSINCIDENT_TOKEN,
 else the config's listen address."""
@@ -91,6 +92,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_FAIL
+    for warning in render.template_warnings(cfg):  # overrides that fail on a sample page (shipped ones stand in)
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ok: {len(cfg.sources)} sources, {len(cfg.channels)} channels, {len(cfg.routes)} routes, "
         f"{len(cfg.groups)} rule groups, {len(cfg.rules)} rules ({_config_dir(args)})"
@@ -321,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     ruletools.register(sub)
     oncall.register(sub)
     silence.register(sub)
+    render.register(sub)
     return p
 
 

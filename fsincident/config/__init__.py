@@ -54,7 +54,8 @@ from fsincident.sandbox import CompiledTemplate, TemplateProblem
 from fsincident.timeintervals import interval_problems
 
 MAIN_FILE = "fsincident.yaml"
-TEMPLATE_NAMES = ("title", "message")
+TEMPLATE_NAMES = ("title", "message", "chat", "email_subject", "email.html", "email.txt", "digest")
+"""Notification templates a config dir's ``templates/NAME.j2`` may override (see fsincident/notify/render.py)."""
 
 Contact = ContactOptions
 """One contact method of a user: ``url``, ``after`` (timedelta) and ``urgency`` (high|low|any)."""
@@ -708,7 +709,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             if ttext is None:
                 continue
             try:
-                templates[path.stem] = CompiledTemplate(ttext)
+                templates[path.stem] = CompiledTemplate(ttext, autoescape=path.stem.endswith(".html"))
             except TemplateProblem as e:
                 problems.append(Problem(str(path), e.line, "", str(e)))
     if problems:

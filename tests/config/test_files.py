@@ -194,7 +194,9 @@ def test_unknown_template_name(conf: ConfDir):
     f = conf.write("templates/footer.j2", "bye")
     conf.write("templates/title.j2", "{{ incident.title }}")
     conf.write("templates/title.txt", "not a template: ignored")
-    assert conf.problems() == [f"{f}: unknown template name (known: title, message)"]
+    assert conf.problems() == [
+        f"{f}: unknown template name (known: title, message, chat, email_subject, email.html, email.txt, digest)"
+    ]
 
 
 def test_template_syntax_errors_are_located(conf: ConfDir):
