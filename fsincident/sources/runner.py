@@ -111,6 +111,7 @@ class SourceRunner:
         self.metrics.source_samples.labels(name).set(len(samples))
 
     def _failed(self, name: str, snap: plugins.Snapshot, now: datetime, msg: str) -> None:
+        msg = _scrub(msg, self.sources.get(name))  # the error is shown by the API (rule health), not only logged
         if snap.error != msg:
             log.warning("source_failed", source=name, error=msg)
         snap.error = msg
@@ -154,6 +155,20 @@ class SourceRunner:
         for src in self.sources.values():
             await _close(src)
         self.sources = {}
+
+
+def _scrub(msg: str, src: Any) -> str:
+    """``msg`` with the credentials the source's kind declares (``secrets_of``) replaced by ``***``."""
+    secrets_of = getattr(type(src), "secrets_of", None)
+    if secrets_of is None:
+        return msg
+    try:
+        found = [s for s in secrets_of(src.options) if s and len(s) >= 4]
+    except Exception:
+        return msg
+    for s in sorted(found, key=len, reverse=True):
+        msg = msg.replace(s, "***")
+    return msg
 
 
 async def _close(src: Any) -> None:

@@ -13,7 +13,7 @@ from pydantic import AnyHttpUrl, Field
 
 from fsincident.core import Labels, Sample, SourceError
 from fsincident.plugins import LabelMap, SourceOptions
-from fsincident.sources.httputil import header_secrets, read_limited, url_secrets
+from fsincident.sources.httputil import display_url, header_secrets, read_limited, url_secrets
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -51,8 +51,9 @@ class ScrapeSource:
     def __init__(self, options: ScrapeOptions, **_: Any):
         self.options = options
         self._session: aiohttp.ClientSession | None = None
-        parts = urlsplit(str(options.url))
-        self._extra = {"instance": parts.netloc, "job": options.name, **options.labels}
+        self._shown = display_url(str(options.url))  # in errors: never the URL's password
+        # ``instance`` is host:port, never the user info (labels reach pages, the API and other systems).
+        self._extra = {"instance": urlsplit(self._shown).netloc, "job": options.name, **options.labels}
 
     @staticmethod
     def secrets_of(options: ScrapeOptions) -> list[str]:
@@ -68,14 +69,14 @@ class ScrapeSource:
         try:
             async with self._session.get(str(self.options.url)) as resp:
                 if resp.status != 200:
-                    raise SourceError(f"scrape of {self.options.url} returned HTTP {resp.status}")
+                    raise SourceError(f"scrape of {self._shown} returned HTTP {resp.status}")
                 raw = await read_limited(resp, MAX_BODY)
         except TimeoutError:
-            raise SourceError(f"scrape of {self.options.url} timed out after {self.options.timeout}") from None
+            raise SourceError(f"scrape of {self._shown} timed out after {self.options.timeout}") from None
         except aiohttp.ClientError as e:
-            raise SourceError(f"scrape of {self.options.url} failed: {e}") from None
+            raise SourceError(f"scrape of {self._shown} failed: {e}") from None
         if len(raw) > MAX_BODY:
-            raise SourceError(f"scrape of {self.options.url} returned more than {MAX_BODY} bytes")
+            raise SourceError(f"scrape of {self._shown} returned more than {MAX_BODY} bytes")
         samples = parse_exposition(raw.decode("utf-8", errors="replace"), self._extra)
         return [s for s in samples if not math.isnan(s.value)]
 
