@@ -234,12 +234,33 @@ class DaemonProcess:
         self._log.close()
 
     def create_token(self, scopes: str = "admin", name: str | None = None) -> str:
+        """A new API token, written the way ``fsincident token create`` writes it but in this process (a CLI
+        process costs 1-2 s per test; tests/e2e/test_cli_systemd.py runs the real command); AssertionError when
+        the config does not load or a scope is unknown, StoreError from the store."""
+        from concurrent.futures import ThreadPoolExecutor
+        from datetime import UTC, datetime
+
+        from fsincident import config as config_mod
+        from fsincident.store import SCOPES, Store, sqlite_path
+
         name = name or f"t-{scopes.replace(',', '-')}-{time.monotonic_ns()}"
-        res = run_cli(
-            "token", "create", "--name", name, "--scopes", scopes, "--config", str(self.config_dir), cwd=self.config_dir
-        )
-        assert res.returncode == 0, res.stderr
-        return res.stdout.strip()
+        wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+        assert wanted and all(s in SCOPES for s in wanted), scopes
+        url = config_mod.load(self.config_dir, environ=self.env).database
+        path = sqlite_path(url)
+        if path is not None and not path.is_absolute():  # relative to the daemon's working directory
+            url = f"sqlite:///{self.config_dir.resolve() / path}"
+
+        async def create() -> str:
+            store = Store(url)
+            try:
+                await store.upgrade()
+                return await store.create_token(name, wanted, datetime.now(UTC))
+            finally:
+                await store.close()
+
+        with ThreadPoolExecutor(1) as pool:  # its own event loop, also when called from an async test
+            return pool.submit(asyncio.run, create()).result(timeout=60)
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None

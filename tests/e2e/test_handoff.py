@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.e2e.harness import wait_until
-from tests.helpers import free_port, write_config
+from tests.e2e.harness import CountingReceiver, wait_until
+from tests.helpers import DaemonProcess, free_port, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -135,23 +135,42 @@ def test_a_restart_neither_repeats_nor_skips_a_notice(tmp_path, receiver, spawn)
     assert d2.stop() == 0
 
 
-def test_a_configured_rotation_announces_its_handoff_at_local_wall_clock_time(tmp_path, receiver, spawn):
-    """A daily layer in Asia/Kolkata (UTC+05:30) whose handoff is the next whole minute at least 12 s away."""
+@pytest.fixture(scope="module", autouse=True)
+def rotation(tmp_path_factory):
+    """A daemon whose configured rotation hands off at the next whole minute at least 12 s away, started before
+    this module's other tests so that the wait for the handoff runs alongside them, not after them: a daily
+    layer in Asia/Kolkata (UTC+05:30). Yields (daemon, receiver, the handoff time, what it said at start)."""
     tz = ZoneInfo("Asia/Kolkata")
     now = datetime.now(tz)
     at = (now + timedelta(seconds=12)).replace(second=0, microsecond=0) + timedelta(minutes=1)
     # alice took over yesterday at this time, so today's handoff goes to carol.
     start = at.date() - timedelta(days=1)
     layer = f'{{rotation: daily, handoff: "{at:%H:%M}", start: {start}, users: [alice, carol]}}'
+    tmp_path = tmp_path_factory.mktemp("rotation")
+    rcv = CountingReceiver().start()
     port = free_port()
-    d = spawn(config(tmp_path, receiver, port, layer, timezone="Asia/Kolkata"), port)
-    d.token = d.create_token("read")
-    assert current(d) == "alice"
-    status, body = d.api("GET", "/api/v1/oncall?schedule=primary")
-    assert status == 200 and body["oncall"][0]["until"] == iso(at)
+    d = DaemonProcess(config(tmp_path, rcv, port, layer, timezone="Asia/Kolkata"), port)
+    try:
+        d.start()
+        d.token = d.create_token("read")
+        status, body = d.api("GET", "/api/v1/oncall?schedule=primary")
+        assert datetime.now(tz) < at, "the daemon started too slowly to see the handoff coming"
+        yield d, rcv, at, (status, body)
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill9()
+        rcv.stop()
 
-    timeout = (at - datetime.now(tz)).total_seconds() + 10
-    receiver.wait_for(lambda m: notices(receiver, "/carol"), timeout=timeout)
+
+def test_a_configured_rotation_announces_its_handoff_at_local_wall_clock_time(rotation):
+    """The module's ``rotation`` daemon: before the handoff alice is on call until ``at``; at ``at`` carol hears
+    it, in time, once."""
+    d, receiver, at, (status, body) = rotation
+    assert status == 200 and body["oncall"][0]["user"] == "alice", body
+    assert body["oncall"][0]["until"] == iso(at)
+
+    timeout = (at - datetime.now(UTC)).total_seconds() + 10
+    receiver.wait_for(lambda m: notices(receiver, "/carol"), timeout=max(timeout, 10))
     [notice] = notices(receiver, "/carol")
     assert notice["title"] == TITLE and "Handed over by alice." in notice["message"]
     assert at.timestamp() <= notice["_at"] < at.timestamp() + 3, (notice["_at"], at)
