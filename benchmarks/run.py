@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import delivery, ingest, latency, memory, oncall, push, sources  # noqa: E402
 from benchmarks import eval as eval_suite  # noqa: E402
-from benchmarks import ingest, latency, memory, oncall, push, sources  # noqa: E402
 
 SUITES = [
     ("latency", latency.run),
@@ -26,6 +26,7 @@ SUITES = [
     ("eval", eval_suite.run),
     ("oncall", oncall.run),
     ("ingest", ingest.run),
+    ("delivery", delivery.run),
 ]
 
 
