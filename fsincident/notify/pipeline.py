@@ -360,8 +360,11 @@ class RateLimit:
             return d
         now = ctx.clock.now()
         async with ctx.reservations.lock(key):
+            # Sends in flight first, then the log: a send recorded (and released) while the count runs is then
+            # counted twice at worst, never missed (its row may be newer than the count's snapshot).
+            in_flight = ctx.reservations.count(key)
             sent, oldest = await self._count(key, rl.max, rl.per, now)
-            if not over_limit(sent, ctx.reservations.count(key), rl.max):
+            if not over_limit(sent, in_flight, rl.max):
                 ctx.reservations.reserve(key)
                 d.reserved = key
                 return d

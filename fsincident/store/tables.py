@@ -175,6 +175,8 @@ class NotificationAttempt(SQLModel, table=True):
     """The notification log: one row per attempt or delivery decision of an outbox row."""
 
     __tablename__ = "notification_attempt"
+    # The rate limit counts a destination's sends in a window: (target, dest_index, result, finished_at).
+    __table_args__ = (sa.Index("ix_notification_attempt_window", "target", "dest_index", "result", "finished_at"),)
     id: int | None = Field(default=None, primary_key=True)
     outbox_id: int = Field(foreign_key="outbox.id", index=True, ondelete="CASCADE")
     incident_id: int | None = Field(default=None, index=True)

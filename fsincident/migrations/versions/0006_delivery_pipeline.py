@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-05 06:59:49.895867
+Create Date: 2026-12-05 08:14:46.889163
 """
 
 from collections.abc import Sequence
@@ -62,6 +62,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_notification_attempt_finished_at"), ["finished_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_notification_attempt_incident_id"), ["incident_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_notification_attempt_outbox_id"), ["outbox_id"], unique=False)
+        batch_op.create_index(
+            "ix_notification_attempt_window", ["target", "dest_index", "result", "finished_at"], unique=False
+        )
 
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("digest_id", sa.Integer(), nullable=True))
@@ -81,6 +84,7 @@ def downgrade() -> None:
         batch_op.drop_column("digest_id")
 
     with op.batch_alter_table("notification_attempt", schema=None) as batch_op:
+        batch_op.drop_index("ix_notification_attempt_window")
         batch_op.drop_index(batch_op.f("ix_notification_attempt_outbox_id"))
         batch_op.drop_index(batch_op.f("ix_notification_attempt_incident_id"))
         batch_op.drop_index(batch_op.f("ix_notification_attempt_finished_at"))
