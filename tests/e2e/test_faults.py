@@ -251,7 +251,13 @@ def test_receiver_down_then_back_delivers_every_page_in_order(tmp_path, daemons,
     )
     recover_2 = max(m["_at"] for m in rcv.received) - t_up
     assert set(got) == set(ids), got
-    rows = outbox_rows(tmp_path / "cfg" / "state.db")
+    # A message can reach the receiver a moment before its send is recorded: wait for the records.
+    rows = wait_until(
+        lambda: (r := outbox_rows(tmp_path / "cfg" / "state.db")) and all(x["state"] != "sending" for x in r) and r,
+        10,
+        "every notice recorded",
+        step=0.05,
+    )
     assert {(r["kind"], r["state"]) for r in rows} == {(k, "sent") for k in want}, rows
     assert len(rows) == 3 * n
     retries = Counter(r["kind"] for r in rows for _ in range(r["attempts"] - 1))
