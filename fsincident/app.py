@@ -168,7 +168,8 @@ class Daemon:
         async with self.leadership.exclusive():  # replicas starting together migrate one at a time
             await self.store.upgrade()
         self.links = await self._link_signer(self.config)
-        await self._release_orphaned_leases()
+        if self.store.is_sqlite:  # single node (lock file): pages left in "sending" died with their process
+            await self.deliverer.release_orphaned_leases(self.clock.now())
         term = self.leadership.term
         await self.evaluator.restore()
         await self.ingest.restore()
@@ -265,25 +266,6 @@ class Daemon:
         )
         self.engine.remove_jobs_except("source:", keep)
         self.engine.remove_jobs_except("group:", keep)
-
-    async def _release_orphaned_leases(self) -> None:
-        """SQLite is single-node (the file lock is held): a page still ``sending`` was left by a process that died
-        mid-send, so it is due again now instead of when its lease would have run out (up to ``delivery.lease``)."""
-        if not self.store.is_sqlite:
-            return  # PostgreSQL: another replica may hold those leases
-        import sqlalchemy as sa
-
-        from fsincident.store.tables import Outbox
-
-        now = self.clock.now()
-        async with self.store.session() as s:
-            res = await s.exec(  # type: ignore[call-overload]
-                sa.update(Outbox)
-                .where(Outbox.state == "sending", Outbox.lease_until > now)  # type: ignore[arg-type,operator]
-                .values(lease_until=now)
-            )
-        if res.rowcount:
-            log.info("orphaned_leases_released", count=res.rowcount)
 
     async def _leader_changed(self, leader: bool) -> None:
         """On promotion take over the rule state and the firing index from SQL (the previous leader kept them),

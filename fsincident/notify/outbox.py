@@ -10,8 +10,6 @@ is never dropped.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -28,6 +26,7 @@ from fsincident.notify.pipeline import HOLD_RECHECK, Delivery, Stage, stages, st
 from fsincident.notify.ratelimit import Budget, Reservations, backoff
 from fsincident.obs import Metrics, get_logger
 from fsincident.store import Store
+from fsincident.store.leader import replica_name
 from fsincident.store.tables import Outbox
 
 log = get_logger("fsincident.notify")
@@ -40,12 +39,7 @@ CLAIM_ROUNDS = 4  # claim transactions per tick when rows turned out stale (each
 STALE = "cancelled: incident acknowledged or resolved"
 UNANNOUNCED = "cancelled: no page reached this target"
 
-__all__ = ["ACTIVE", "HOLD_RECHECK", "Deliverer", "Notifiers", "backoff", "default_replica"]
-
-
-def default_replica() -> str:
-    """This process's replica name, ``hostname:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+__all__ = ["ACTIVE", "HOLD_RECHECK", "Deliverer", "Notifiers", "backoff"]
 
 
 def _due(now: datetime) -> Any:
@@ -124,7 +118,7 @@ class Deliverer:
         self.options = options
         self.muter = muter
         self.intervals = {t.name: list(t.time_intervals) for t in time_intervals}
-        self.replica = replica or default_replica()
+        self.replica = replica or replica_name()
         self.renderer = renderer  # notify.render.Renderer: page(style, kind, data, links, recipient), digest(...)
         self.signer = signer  # notify.links.LinkSigner, or None: pages carry no ack/resolve links
         self.link_base = link_base
@@ -336,6 +330,19 @@ class Deliverer:
                 if sec and len(sec) >= 4:
                     text = text.replace(sec, "***")
         return text
+
+    async def release_orphaned_leases(self, now: datetime) -> int:
+        """Make rows left in ``sending`` due now (instead of when their lease runs out); only for a store no other
+        process delivers from (SQLite, held by its lock file). Returns how many; raises on a database error."""
+        async with self.store.session() as s:
+            res = await s.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(col(Outbox.state) == "sending", col(Outbox.lease_until) > now)
+                .values(lease_until=now)
+            )
+        if res.rowcount:
+            log.info("orphaned_leases_released", count=res.rowcount)
+        return int(res.rowcount or 0)
 
     async def update_depth(self) -> None:
         self._last_depth, self._depth_stale = time.monotonic(), False

@@ -208,6 +208,21 @@ async def test_expired_lease_is_claimed_again(store, clock, rcv):
     assert (await outbox(store))[0].attempts == 2
 
 
+async def test_orphaned_leases_released_at_start_are_claimed_at_once(store, clock, rcv):
+    """A single-node restart releases the rows its killed predecessor held: they go out now, not after the lease."""
+    iid = await new_incident(store, clock)
+    [oid] = await enqueue(store, clock, iid)
+    [_] = await deliverer(store, clock, rcv).claim(clock.now(), 10)  # the process that held it was killed
+    restarted = deliverer(store, clock, rcv)
+    assert await restarted.claim(clock.now(), 10) == []  # the lease (2 min) still holds
+    assert await restarted.release_orphaned_leases(clock.now()) == 1
+    clock.advance(timedelta(milliseconds=1))
+    assert await restarted.tick(clock.now()) is True
+    [done] = await outbox(store)
+    assert (done.id, done.state) == (oid, "sent") and len(rcv.received) == 1
+    assert await restarted.release_orphaned_leases(clock.now()) == 0
+
+
 def _message(row: Outbox) -> Any:
     from fsincident.plugins import Message
 
