@@ -24,14 +24,18 @@ class Redactor:
         self._lock = threading.Lock()
 
     def set(self, secrets: Iterable[str]) -> None:
-        cleaned = {s for s in secrets if s and len(s) >= 4}
-        with self._lock:
-            self._secrets = tuple(sorted(cleaned, key=len, reverse=True))
+        """Hide exactly ``secrets`` (strings shorter than 4 characters are ignored); never fails."""
+        self._update(secrets, keep=False)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Hide ``secrets`` too, keeping the ones already registered; never fails."""
+        self._update(secrets, keep=True)
+
+    def _update(self, secrets: Iterable[str], keep: bool) -> None:
+        cleaned = {s for s in secrets if s and len(s) >= 4}
         with self._lock:
-            cleaned = {s for s in secrets if s and len(s) >= 4} | set(self._secrets)
+            if keep:
+                cleaned |= set(self._secrets)
             self._secrets = tuple(sorted(cleaned, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
