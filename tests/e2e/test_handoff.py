@@ -121,6 +121,10 @@ def test_a_restart_neither_repeats_nor_skips_a_notice(tmp_path, receiver, spawn)
     )
     assert status == 201, ov
     receiver.wait_for(lambda m: notices(receiver, "/bob"), timeout=15)
+    # A send reaches the receiver a moment before it is recorded; a kill in between is a legitimate
+    # at-least-once repeat, so kill only once the notice is recorded as sent.
+    db = tmp_path / "state.db"
+    wait_until(lambda: [r["state"] for r in handoff_rows(db)] == ["sent"], 10, "bob's notice recorded as sent")
     d.kill9()  # down through the end of the override: the handoff back happens while nobody runs
     wait_until(lambda: datetime.now(UTC) > end + timedelta(seconds=1), 15, "the override's end")
     assert notices(receiver, f"/{before}") == []
