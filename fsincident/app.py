@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fsincident import config as config_mod
-from fsincident import plugins
+from fsincident import plugins, ui
 from fsincident.api import ApiContext, build_app
 from fsincident.config import Config
 from fsincident.core import Clock, ConfigError, Problem, SystemClock
@@ -193,7 +193,8 @@ class Daemon:
             links=lambda: self.links,
             role=lambda: self.leadership.role,
         )
-        self.runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5)
+        api = build_app(ctx, extra_routes=ui.add_routes if self.config.ui.enabled else None)
+        self.runner = web.AppRunner(api, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, self.config.port, reuse_address=True)
         await site.start()

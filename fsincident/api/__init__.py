@@ -54,6 +54,7 @@ class ApiContext:
     started_at: float = 0.0  # time.time() at start, for /api/v2/status uptime
     links: Callable[[], Any] | None = None  # the running notify.links.LinkSigner (changes on reload)
     role: Callable[[], str] | None = None  # "leader" or "follower" (store.leader.Leadership.role)
+    history: Any = None  # history.HistoryService: downsampled series history and range queries (web UI)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

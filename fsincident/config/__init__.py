@@ -23,6 +23,7 @@ from fsincident.config.model import (
     DaemonOptions,
     DeliveryOptions,
     GroupOptions,
+    HistoryOptions,
     InhibitRuleOptions,
     IntegrationOptions,
     LinksOptions,
@@ -32,6 +33,7 @@ from fsincident.config.model import (
     SilencesOptions,
     TimeIntervalOptions,
     TimeIntervalSpec,
+    UiOptions,
     UserOptions,
 )
 from fsincident.config.oncall import (
@@ -49,7 +51,7 @@ from fsincident.config.slo import Slo, load_slos
 from fsincident.config.yamlmarks import Document, load_yaml, pydantic_problems
 from fsincident.core import ConfigError, Problem, valid_label_name
 from fsincident.expr import CompiledExpr, ExprError, compile_expr
-from fsincident.matchers import Matcher, MatcherError, parse_matcher_list
+from fsincident.matchers import Matcher, MatcherError, parse_matcher_list, parse_selector
 from fsincident.sandbox import CompiledTemplate, TemplateProblem
 from fsincident.timeintervals import interval_problems
 
@@ -107,6 +109,8 @@ class Config:
     silences: SilencesOptions = field(default_factory=SilencesOptions)
     links: LinksOptions = field(default_factory=LinksOptions)
     chatops: ChatOpsOptions = field(default_factory=ChatOpsOptions)
+    ui: UiOptions = field(default_factory=UiOptions)
+    history: HistoryOptions = field(default_factory=HistoryOptions)
 
     @property
     def host(self) -> str:
@@ -569,6 +573,31 @@ def _check_alertmanager_sections(
     )
 
 
+def _check_ui(
+    doc: Document, options: DaemonOptions | None, source_names: Iterable[str], problems: list[Problem]
+) -> None:
+    """Metric cards: a selector that parses and a known source; history tiers that nest."""
+    if options is None:
+        return
+    names = set(source_names)
+    for i, card in enumerate(options.ui.cards):
+        try:
+            parse_selector(card.series)
+        except MatcherError as e:
+            problems.append(doc.problem(("ui", "cards", i, "series"), str(e)))
+        if card.source is not None and card.source not in names:
+            problems.append(doc.problem(("ui", "cards", i, "source"), f"unknown source {card.source!r}"))
+    h = options.history
+    if h.step < timedelta(seconds=1):
+        problems.append(doc.problem(("history", "step"), "must be at least 1s"))
+    elif h.coarse_step < h.step or h.coarse_step % h.step:
+        problems.append(doc.problem(("history", "coarse_step"), "must be a whole multiple of history.step"))
+    if h.keep < h.step:
+        problems.append(doc.problem(("history", "keep"), "must be at least history.step"))
+    if h.coarse_keep < h.coarse_step:
+        problems.append(doc.problem(("history", "coarse_keep"), "must be at least history.coarse_step"))
+
+
 def _check_delivery(
     doc: Document,
     options: DaemonOptions | None,
@@ -671,6 +700,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             policies = load_policies(doc, lists["escalation_policies"] or [], known, policy_names, problems)
             am = _check_alertmanager_sections(doc, lists, problems)
             _check_delivery(doc, options, channels, known, problems)
+            _check_ui(doc, options, source_names, problems)
             interval_names = set(am.interval_names)
             for i, raw in enumerate(lists["routes"] or []):
                 route = _check_route(doc, ("routes", i), raw, known, policy_names, interval_names, problems)
@@ -748,6 +778,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         silences=options.silences,
         links=options.links,
         chatops=options.chatops,
+        ui=options.ui,
+        history=options.history,
     )
 
 

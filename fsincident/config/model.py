@@ -311,6 +311,43 @@ class ChatOpsOptions(Options):
     users: dict[str, str] = Field(default_factory=dict)
 
 
+class CardOptions(Options):
+    """``ui.cards[]`` — a key series on the overview page: a metric card with its latest value and a sparkline.
+    ``series`` is a selector (``metric{label="value", ...}``); several matching series are combined by ``reduce``."""
+
+    title: str = Field(min_length=1, max_length=100)
+    series: str = Field(min_length=1, max_length=1000)
+    source: str | None = None
+    unit: str = Field("", max_length=20)
+    reduce: Literal["avg", "max", "min", "sum"] = "avg"
+    warn: float | None = None
+    crit: float | None = None
+
+
+class UiOptions(Options):
+    """``ui:`` — the web UI served under ``/ui/``: session lifetime after sign-in, live-refresh period (0s: off),
+    the time zone its times are shown in, and the overview's metric cards."""
+
+    enabled: bool = True
+    session_ttl: Duration = timedelta(hours=12)
+    refresh: Duration = timedelta(seconds=30)
+    timezone: TimeZone = "UTC"
+    cards: list[CardOptions] = Field(default_factory=list, max_length=50)
+
+
+class HistoryOptions(Options):
+    """``history:`` — the daemon's own downsampled history of the series its rules read, for the UI's charts and
+    rule previews: a fine tier (``step`` buckets kept ``keep``) and a coarse tier (``coarse_step`` kept
+    ``coarse_keep``), at most ``max_series`` series (newer ones are not recorded)."""
+
+    enabled: bool = True
+    step: Duration = timedelta(minutes=1)
+    keep: Duration = timedelta(days=2)
+    coarse_step: Duration = timedelta(minutes=15)
+    coarse_keep: Duration = timedelta(days=30)
+    max_series: int = Field(2000, ge=1, le=100_000)
+
+
 class DaemonOptions(Options):
     """fsincident.yaml; ``sources`` and ``channels`` are validated per kind by the loader."""
 
@@ -332,6 +369,8 @@ class DaemonOptions(Options):
     silences: SilencesOptions = Field(default_factory=SilencesOptions)
     links: LinksOptions = Field(default_factory=LinksOptions)
     chatops: ChatOpsOptions = Field(default_factory=ChatOpsOptions)
+    ui: UiOptions = Field(default_factory=UiOptions)
+    history: HistoryOptions = Field(default_factory=HistoryOptions)
 
 
 ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"

@@ -228,6 +228,41 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = _ts()
 
 
+class UiSession(SQLModel, table=True):
+    """A web UI sign-in. Only the SHA-256 of the cookie's secret is stored; the session acts with its API token's
+    scopes, and revoking or deleting the token ends it. ``csrf`` is the token every form of the session carries."""
+
+    __tablename__ = "ui_session"
+    id_hash: str = Field(primary_key=True, max_length=64)
+    token_id: int = Field(foreign_key="api_token.id", index=True, ondelete="CASCADE")
+    csrf: str = Field(max_length=64)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    last_seen_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class SeriesHistory(SQLModel, table=True):
+    """One chunk of one series' downsampled history (``history:``): ``points`` packs consecutive buckets of
+    ``step_seconds`` from ``chunk_start`` as little-endian float32 triples (avg, min, max; NaN = no sample).
+    ``tier`` 0 is the fine tier, 1 the coarse one; ``series`` is a fingerprint of source, metric and labels."""
+
+    __tablename__ = "series_history"
+    __table_args__ = (
+        sa.UniqueConstraint("series", "tier", "chunk_start", name="uq_series_history_chunk"),
+        sa.Index("ix_series_history_lookup", "source", "metric", "tier", "chunk_start"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    series: str = Field(max_length=64)
+    source: str = Field(max_length=200)
+    metric: str = Field(max_length=300)
+    labels: dict[str, str] = _json()
+    tier: int
+    chunk_start: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
+    step_seconds: int
+    points: bytes = Field(sa_type=sa.LargeBinary, nullable=False)
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
 class SourceState(SQLModel, table=True):
     """Durable state of a source kind (heartbeat pings, log offsets), as JSON per key."""
 
