@@ -53,7 +53,12 @@ def ui_config(directory: Path, database: str, port: int, exposition: Exposition,
         ui:
           refresh: 0s
           cards:
-            - {{title: Orders queue, series: 'queue_depth{{queue="orders"}}', source: app, unit: jobs, warn: 50, crit: 100}}
+            - title: Orders queue
+              series: 'queue_depth{{queue="orders"}}'
+              source: app
+              unit: jobs
+              warn: 50
+              crit: 100
             - {{title: All queues, series: queue_depth, reduce: sum}}
         history:
           step: 1s
