@@ -286,6 +286,24 @@ async def reassign_incident(request: web.Request) -> web.Response:
     return await _escalation_act(request, "reassign")
 
 
+@scope("ack")
+async def note_incident(request: web.Request) -> web.Response:
+    """``{"note": "...", "by"?: "..."}``: add a note to the incident's timeline; 201 with the incident."""
+    iid = incident_id(request)
+    body = await json_body(request, {"by": str, "note": str})
+    by = (body.get("by") or request[TOKEN_NAME]).strip()[:200] or request[TOKEN_NAME]
+    note = (body.get("note") or "").strip()
+    if not note:
+        raise ApiError(400, "field 'note' is required")
+    if len(note) > 4000:
+        raise ApiError(400, "note is longer than 4000 characters")
+    try:
+        inc = await request.app[CTX].incidents.add_note(iid, by, note)
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+    return web.json_response(inc, status=201)
+
+
 @scope("read")
 async def rules(request: web.Request) -> web.Response:
     evaluator = request.app[CTX].evaluator
@@ -306,6 +324,7 @@ def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] |
     r.add_post("/api/v1/incidents/{id}/resolve", resolve_incident)
     r.add_post("/api/v1/incidents/{id}/escalate", escalate_incident)
     r.add_post("/api/v1/incidents/{id}/reassign", reassign_incident)
+    r.add_post("/api/v1/incidents/{id}/notes", note_incident)
     r.add_get("/api/v1/rules", rules)
     from fsincident.api import ingest  # here, not at the top: ingest imports this module
 

@@ -80,10 +80,19 @@ def _describer(request: web.Request) -> Any:
 async def incident_notifications(request: web.Request) -> web.Response:
     """Every notification of the incident, oldest first, with its attempts; 404 for an unknown incident."""
     iid = incident_id(request)
+    out = await notifications_of(request, iid)
+    if out is None:
+        raise ApiError(404, f"incident {iid} not found")
+    return web.json_response({"notifications": out})
+
+
+async def notifications_of(request: web.Request, iid: int) -> list[dict[str, Any]] | None:
+    """Every notification of incident ``iid`` as the API shows it (oldest first, with its log); None when there
+    is no such incident. Never raises for a missing config."""
     ctx = request.app[CTX]
     async with ctx.store.read() as s:
         if await s.get(Incident, iid) is None:
-            raise ApiError(404, f"incident {iid} not found")
+            return None
         rows = (await s.exec(select(Outbox).where(col(Outbox.incident_id) == iid).order_by(col(Outbox.id)))).all()
         attempts = (
             await s.exec(
@@ -107,7 +116,7 @@ async def incident_notifications(request: web.Request) -> web.Response:
         else:
             destination = row.target
         out.append(notification_dict(row, destination, [attempt_dict(a) for a in log]))
-    return web.json_response({"notifications": out})
+    return out
 
 
 def add_routes(app: web.Application) -> None:

@@ -26,7 +26,8 @@ commands:
   check      validate fsincident.yaml, rules.d/*.yaml and templates/*.j2; exit 1 with file:line errors
   db         database migrations (db upgrade)
   token      API tokens (token create --name N --scopes read,ack,admin,ingest)
-  incidents  list | show ID | ack ID | resolve ID | escalate ID | reassign ID --to TARGET, through the HTTP API
+  incidents  list | show ID | ack ID | resolve ID | escalate ID | reassign ID --to TARGET | note ID TEXT,
+             through the HTTP API
   test       run rule unit tests (promtool test rules format); exit 1 on a failure
   backtest   replay rules over history (CSV or Prometheus): when would alerts have fired?
   oncall     who is on call now (or --at TIME), per schedule, through the HTTP API
@@ -243,8 +244,18 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         if args.id is None:
             print(f"incidents {action} needs an incident ID", file=sys.stderr)
             return EXIT_USAGE
+        if args.text is not None and action != "note":
+            print(f"incidents {action} takes no TEXT (use --note)", file=sys.stderr)
+            return EXIT_USAGE
         if action == "show":
             res = api_call(url, token, "GET", f"/api/v1/incidents/{args.id}")
+        elif action == "note":
+            text = args.text if args.text is not None else args.note
+            if not text:
+                print("incidents note needs the note's TEXT", file=sys.stderr)
+                return EXIT_USAGE
+            body = {"note": text, **({"by": args.by} if args.by else {})}
+            res = api_call(url, token, "POST", f"/api/v1/incidents/{args.id}/notes", body)
         else:
             body: dict[str, Any] = {}
             if args.by:
@@ -265,6 +276,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             done = res["escalated" if action == "escalate" else "reassigned"]
             what = f"step {done['step'] + 1}" if action == "escalate" else done["to"]
             print(f"#{res['id']} is {res['state']}; paged {what}: {', '.join(done['paged']) or 'nobody'}")
+        elif action == "note":
+            print(f"#{res['id']}: note added")
         else:
             print(f"#{res['id']} is {res['state']}")
         return EXIT_OK
@@ -306,12 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(fn=cmd_token)
 
     sp = with_config(
-        sub.add_parser("incidents", help="list, show, ack, resolve, escalate or reassign incidents through the API")
+        sub.add_parser(
+            "incidents", help="list, show, ack, resolve, escalate, reassign or add a note to incidents through the API"
+        )
     )
     sp.add_argument(
-        "action", nargs="?", choices=["list", "show", "ack", "resolve", "escalate", "reassign"], default="list"
+        "action", nargs="?", choices=["list", "show", "ack", "resolve", "escalate", "reassign", "note"], default="list"
     )
     sp.add_argument("id", nargs="?", type=int)
+    sp.add_argument("text", nargs="?", help="note: the note's text")
     sp.add_argument("--state", choices=["triggered", "acknowledged", "resolved"], help="list: only this state")
     sp.add_argument("--by", help="ack/resolve/escalate/reassign: who acts (default: the token's name)")
     sp.add_argument("--note", help="ack/resolve/escalate/reassign: a note for the timeline")

@@ -224,9 +224,12 @@ class EscalationService:
 
     # ------------------------------------------------------------------ manual actions
 
-    async def escalate(self, incident_id: int, by: str, note: str | None = None) -> dict[str, Any]:
-        """Run the incident's next step now; raises NotFound, or TransitionError (409) when the incident is
-        resolved, has no escalation policy, or every step of every pass has run."""
+    async def escalate(
+        self, incident_id: int, by: str, note: str | None = None, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Run the incident's next step now (``data`` is added to the timeline event); raises NotFound, or
+        TransitionError (409) when the incident is resolved, has no escalation policy, or every step of every pass
+        has run."""
         for _ in range(CLAIM_ATTEMPTS):
             now = self.clock.now()
             inc = await self._load(incident_id)
@@ -255,15 +258,18 @@ class EscalationService:
                 locked = await self._claim(s, inc, after, states=OPEN, wait=True)
                 if locked is None:
                     continue  # a step ran or the incident changed meanwhile: decide again
-                queued = await self._page(s, locked, p, step, res, now, by, note)
+                queued = await self._page(s, locked, p, step, res, now, by, note, data)
             log.info("incident_escalated", incident_id=incident_id, actor=by, step=step.step, loop=step.loop)
             if queued:
                 self.kick_delivery()
             return {"step": step.step, "loop": step.loop, "paged": res.paged, "users": res.users}
         raise TransitionError("the incident changed while escalating it; try again")
 
-    async def reassign(self, incident_id: int, to: str, by: str, note: str | None = None) -> dict[str, Any]:
-        """Page ``to`` (user:, schedule: or channel:) now and record who reassigned; the incident keeps its state.
+    async def reassign(
+        self, incident_id: int, to: str, by: str, note: str | None = None, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Page ``to`` (user:, schedule: or channel:) now and record who reassigned (``data`` is added to the
+        timeline event); the incident keeps its state.
 
         Raises BadTarget for a malformed or unknown target, NotFound, or TransitionError (409) when the incident
         is resolved or ``to`` resolves to nobody who can be paged now.
@@ -288,11 +294,11 @@ class EscalationService:
                 raise NotFound(f"incident {incident_id} not found")
             if locked.state == IncidentState.RESOLVED.value:
                 raise TransitionError("incident is resolved")
-            data = {"to": to, "paged": res.paged, "users": res.users, "oncall": res.oncall, "state": locked.state}
+            info = {"to": to, "paged": res.paged, "users": res.users, "oncall": res.oncall, "state": locked.state}
             locked.updated_at = now
             s.add(locked)
             self.metrics.incident_events.labels("reassigned").inc()
-            ev = self._event(s, locked, now, "reassigned", by, note, data)
+            ev = self._event(s, locked, now, "reassigned", by, note, {**(data or {}), **info})
             await self._queue(s, locked, res, ev, now, by, note)
         log.info("incident_reassigned", incident_id=incident_id, actor=by, target=to)
         self.kick_delivery()
@@ -390,8 +396,10 @@ class EscalationService:
         now: datetime,
         actor: str,
         note: str | None,
+        extra: dict[str, Any] | None = None,
     ) -> int:
         data = {
+            **(extra or {}),
             "policy": p.name,
             "step": step.step,
             "loop": step.loop,

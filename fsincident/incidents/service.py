@@ -435,6 +435,25 @@ class IncidentService:
         ``guard`` as for :meth:`ack`."""
         return await self._manual(incident_id, transitions.resolve, by, note, data, guard)
 
+    async def add_note(
+        self, incident_id: int, by: str, note: str, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Add a ``note`` event (by ``by``, with ``data``) to the incident's timeline, in any state; raises NotFound."""
+        now = self.clock.now()
+        async with self.store.session() as s:
+            inc = await s.get(Incident, incident_id)
+            if inc is None:
+                raise NotFound(f"incident {incident_id} not found")
+            inc.updated_at = now
+            s.add(inc)
+            s.add(
+                IncidentEvent(incident_id=incident_id, at=now, kind="note", actor=by, note=note, data=dict(data or {}))
+            )
+            self.metrics.incident_events.labels("note").inc()
+            out = incident_dict(inc)
+        log.info("incident_note", incident_id=incident_id, actor=by)
+        return out
+
     async def ack_alerts(self, fingerprints: Iterable[str], by: str, note: str | None = None) -> list[int]:
         """Acknowledge every open, triggered incident in which one of ``fingerprints`` fires (PagerDuty's
         ``acknowledge`` by dedup_key); returns their ids, [] when there is none. Never raises for unknown ones."""
