@@ -31,6 +31,7 @@ class Incident(SQLModel, table=True):
     """One alert group's incident; ``open_key`` is the group key while open (unique), NULL once resolved."""
 
     __tablename__ = "incident"
+    __table_args__ = (sa.Index("ix_incident_state_severity", "state", "severity"),)
     id: int | None = Field(default=None, primary_key=True)
     group_key: str = Field(max_length=64, index=True)
     open_key: str | None = Field(default=None, max_length=64, unique=True)

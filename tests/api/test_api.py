@@ -288,7 +288,7 @@ async def test_bad_limit_is_400(api, query):
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/api", "/api/v1", "/api/v1/nope", "/api/v1/incidents/1/2/3", "/api/v9/incidents"]
+    "path", ["/nope", "/api", "/api/v1", "/api/v1/nope", "/api/v1/incidents/1/2/3", "/api/v9/incidents"]
 )
 async def test_unknown_path_is_404_json(api, path):
     for scope in (None, "admin"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.ui.conftest import sign_in
 
@@ -14,7 +15,8 @@ async def test_pages_need_a_session_and_redirect_to_sign_in(ui):
     async with aiohttp.ClientSession() as http:
         async with http.get(ui.base + "/ui/incidents?state=triggered", allow_redirects=False) as r:
             assert r.status == 303
-            assert r.headers["Location"] == "/ui/login?next=%2Fui%2Fincidents%3Fstate%3Dtriggered"
+            loc = URL(r.headers["Location"])
+            assert loc.path == "/ui/login" and loc.query["next"] == "/ui/incidents?state=triggered"
 
 
 async def test_sign_in_sets_a_strict_httponly_cookie_and_a_bad_token_is_refused(ui):

@@ -3,9 +3,11 @@
 // (paused while the tab is hidden or while the user is typing in a form).
 (function () {
   "use strict";
+  var dirty = false; // a form field was changed: never replace the page under the user's unsent input
+  document.addEventListener("input", function () { dirty = true; });
   function busy() {
     var el = document.activeElement;
-    return el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT");
+    return dirty || (el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT"));
   }
   function refresh() {
     if (document.hidden || busy()) return;
