@@ -21,6 +21,7 @@ from fsincident.engine import Engine
 from fsincident.escalation.schedules import HandoffNotifier, ScheduleService
 from fsincident.escalation.service import EscalationService
 from fsincident.evaluation.evaluator import Evaluator
+from fsincident.history import HistoryService, wanted_metrics
 from fsincident.incidents.service import IncidentService
 from fsincident.ingest.service import IngestService
 from fsincident.notify.links import LinkSigner, link_key
@@ -75,6 +76,14 @@ class Daemon:
         self.leadership.on_change(self._leader_changed)
         self._restored = False
         self.sources = SourceRunner(self.clock, self.metrics, lambda name: SqlStateStore(self.store, name, self.clock))
+        self.history = HistoryService(  # downsampled series history for the web UI (leader only)
+            self.store,
+            self.clock,
+            self.metrics,
+            self.sources.snapshot,
+            query_range=self.sources.query_range,
+            label_values=self.sources.label_values,
+        )
         self.notifiers = Notifiers(config)
         self.renderer = Renderer(config.templates, config.external_url)
         self.silences = SilenceService(self.store, self.clock, self.metrics, config)  # also the delivery's Muter
@@ -192,6 +201,7 @@ class Daemon:
             started_at=time.time(),
             links=lambda: self.links,
             role=lambda: self.leadership.role,
+            history=self.history,
         )
         api = build_app(ctx, extra_routes=ui.add_routes if self.config.ui.enabled else None)
         self.runner = web.AppRunner(api, access_log=None, handle_signals=False, shutdown_timeout=5)
@@ -206,6 +216,7 @@ class Daemon:
         self.engine.add(self.silences, idle=5.0, leader_only=True)  # wakes when a silence starts or ends (sleep_hint)
         self.engine.add(self.ingest, idle=5.0)  # wakes when an ingested alert ends (sleep_hint)
         self.engine.add(self.handoffs, idle=30.0, leader_only=True)  # wakes at the next handoff (sleep_hint) or kick
+        self.engine.add(self.history, idle=1.0, leader_only=True)  # wakes when its fine buckets end (sleep_hint)
         await self._apply(self.config)
         self.engine.start()
         self._ready = True
@@ -240,6 +251,7 @@ class Daemon:
         self.escalation.configure(config)
         self.silences.configure(config)
         self.ingest.configure(config)
+        self.history.configure(config.history, wanted_metrics(config), {s.name: s.type for s in config.sources})
         self.evaluator.set_groups(config.groups, config.slos)
         if self.leadership.is_leader:  # a follower's rule state may be stale; the leader resolves removed rules
             await self.evaluator.resolve_removed()
@@ -278,6 +290,7 @@ class Daemon:
             await self.evaluator.resolve_removed()
             await self.ingest.reload()
         self.ingest.expiring = leader
+        self.history.reset()  # the leader's buckets are in SQL; a new leader continues from there
         self.engine.set_leader(leader)
         self.metrics.leader.set(1 if leader else 0)
 
@@ -374,6 +387,11 @@ class Daemon:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.leadership.is_leader:  # the open history buckets, partial as they are
+            try:
+                await self.history.close()
+            except Exception:
+                log.exception("history_flush_failed")
         await self.evaluator.close()
         await self.sources.close()
         await self.ingest.close()

@@ -213,6 +213,28 @@ class Metrics:
             "fsincident_api_requests_total", "HTTP API requests by route and status.", ["route", "status"], registry=r
         )
         self.silences = Gauge("fsincident_silences", "Silences by state.", ["state"], registry=r)
+        self.series_history_series = Gauge(
+            "fsincident_history_series",
+            "Series the history records (stored or open), at most history.max_series.",
+            registry=r,
+        )
+        self.series_history_buckets = Counter(
+            "fsincident_history_buckets_written_total",
+            "History buckets written, by tier (fine, coarse).",
+            ["tier"],
+            registry=r,
+        )
+        self.series_history_dropped = Counter(
+            "fsincident_history_series_dropped_total",
+            "Series not recorded because history.max_series was reached (each counted once).",
+            registry=r,
+        )
+        self.series_history_chunks = Gauge(
+            "fsincident_history_chunks", "Chunk rows in the history table, by tier.", ["tier"], registry=r
+        )
+        self.series_history_bytes = Gauge(
+            "fsincident_history_bytes", "Bytes of packed buckets in the history table, by tier.", ["tier"], registry=r
+        )
         self.leader = Gauge(
             "fsincident_leader",
             "1 while this replica leads (evaluation, incidents, escalation, silences run here); 0 on a follower.",

@@ -48,6 +48,7 @@ class PrometheusSource:
     def __init__(self, options: PrometheusOptions, **_: Any):
         self.options = options
         base, self._url_auth = split_userinfo(str(options.url).rstrip("/"))
+        self._base = base
         self._endpoint = base + "/api/v1/query"
         self._shown = base
         self._secrets = self.secrets_of(options)
@@ -107,21 +108,52 @@ class PrometheusSource:
         """
         timeout = self.options.timeout.total_seconds()
         params = {"query": text, "time": f"{now.timestamp():.3f}", "timeout": f"{timeout:g}"}
+        return _samples(await self._call(self._endpoint, params, "query"))
+
+    async def query_range(
+        self, text: str, start: datetime, end: datetime, step: float
+    ) -> list[tuple[Labels, list[tuple[float, float]]]]:
+        """Evaluate PromQL ``text`` from ``start`` to ``end`` every ``step`` seconds (``/api/v1/query_range``): per
+        series its labels (``__name__`` dropped) and chronological ``(unix seconds, value)`` points, NaN kept.
+
+        Raises SourceError like :meth:`query`, and for a result that is not a matrix.
+        """
+        timeout = self.options.timeout.total_seconds()
+        params = {
+            "query": text,
+            "start": f"{start.timestamp():.3f}",
+            "end": f"{end.timestamp():.3f}",
+            "step": f"{step:g}",
+            "timeout": f"{timeout:g}",
+        }
+        return _matrix(await self._call(self._endpoint + "_range", params, "range query"))
+
+    async def label_values(self, label: str) -> list[str]:
+        """The values of ``label`` the peer knows (``/api/v1/label/<label>/values``, e.g. ``__name__`` for the
+        metric names); raises SourceError like :meth:`query`."""
+        data = await self._call(self._base + f"/api/v1/label/{label}/values", {}, "label query", method="GET")
+        if not isinstance(data, list):
+            raise SourceError("label query answer has no list of values")
+        return [str(v) for v in data]
+
+    async def _call(self, endpoint: str, params: dict[str, str], what: str, method: str | None = None) -> Any:
+        """The ``data`` of a successful API answer; raises SourceError naming the problem, never a secret."""
+        timeout = self.options.timeout.total_seconds()
         session = self._client()
         try:
-            if self.options.method == "POST":
-                req = session.post(self._endpoint, data=params)
+            if (method or self.options.method) == "POST":
+                req = session.post(endpoint, data=params)
             else:
-                req = session.get(self._endpoint, params=params)
+                req = session.get(endpoint, params=params)
             async with req as resp:
                 raw = await read_limited(resp, MAX_BODY)
                 status, reason, ctype = resp.status, resp.reason, resp.content_type
         except TimeoutError:
-            raise SourceError(f"query to {self._shown} timed out after {timeout:g}s") from None
+            raise SourceError(f"{what} to {self._shown} timed out after {timeout:g}s") from None
         except aiohttp.ClientError as e:
-            raise SourceError(self._scrub(f"query to {self._shown} failed: {e}")) from None
+            raise SourceError(self._scrub(f"{what} to {self._shown} failed: {e}")) from None
         if len(raw) > MAX_BODY:
-            raise SourceError(f"query to {self._shown} returned more than {MAX_BODY} bytes")
+            raise SourceError(f"{what} to {self._shown} returned more than {MAX_BODY} bytes")
         try:
             # A big answer is decoded off the event loop.
             body = json.loads(raw) if len(raw) < 1024 * 1024 else await asyncio.to_thread(json.loads, raw)
@@ -129,12 +161,12 @@ class PrometheusSource:
             body = None
         if not isinstance(body, dict):
             # Prometheus answers 400/422/503 with a JSON error; anything else is a proxy or a wrong URL.
-            what = f"HTTP {status} {reason or ''}".strip() if status != 200 else f"a non-JSON answer ({ctype})"
-            raise SourceError(f"query to {self._shown} returned {what}")
+            shown = f"HTTP {status} {reason or ''}".strip() if status != 200 else f"a non-JSON answer ({ctype})"
+            raise SourceError(f"{what} to {self._shown} returned {shown}")
         if body.get("status") != "success":
             etype = body.get("errorType") or f"HTTP {status}"
-            raise SourceError(self._scrub(f"query failed: {etype}: {body.get('error') or 'no error message'}"))
-        return _samples(body.get("data"))
+            raise SourceError(self._scrub(f"{what} failed: {etype}: {body.get('error') or 'no error message'}"))
+        return body.get("data")
 
     async def collect(self, now: datetime) -> list[Sample]:
         """Check that the API evaluates a trivial query; no samples (the source's ``up`` tells the rest).
@@ -179,3 +211,20 @@ def _samples(data: Any) -> list[Sample]:
     except (TypeError, KeyError, IndexError, ValueError, AttributeError) as e:
         raise SourceError(f"malformed {rtype} result: {type(e).__name__}: {e}") from None
     raise SourceError(f"query returned a {rtype} result; rules need an instant vector or a scalar")
+
+
+def _matrix(data: Any) -> list[tuple[Labels, list[tuple[float, float]]]]:
+    """Series of a range-query ``data`` object; raises SourceError for other result types."""
+    if not isinstance(data, dict):
+        raise SourceError("range query answer has no data")
+    rtype = data.get("resultType")
+    if rtype != "matrix":
+        raise SourceError(f"range query returned a {rtype} result, not a matrix")
+    try:
+        out: list[tuple[Labels, list[tuple[float, float]]]] = []
+        for item in data.get("result") or []:
+            labels = Labels({str(k): str(v) for k, v in (item.get("metric") or {}).items() if k != "__name__"})
+            out.append((labels, [(float(t), float(v)) for t, v in item.get("values") or []]))
+        return out
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError) as e:
+        raise SourceError(f"malformed matrix result: {type(e).__name__}: {e}") from None

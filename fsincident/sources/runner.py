@@ -139,6 +139,35 @@ class SourceRunner:
             log.exception("source_query_crashed", source=name)
             raise SourceError(f"{type(e).__name__}: {e}") from None
 
+    async def query_range(
+        self, name: str, text: str, start: datetime, end: datetime, step: float
+    ) -> list[tuple[Labels, list[tuple[float, float]]]]:
+        """Run PromQL ``text`` as a range query on source ``name`` (a ``prometheus`` source): per series its labels
+        and ``(unix seconds, value)`` points; raises SourceError (also for a timeout or a source without it)."""
+        src = self.sources.get(name)
+        if src is None or not hasattr(src, "query_range"):
+            raise SourceError(f"source {name!r} does not run range queries")
+        return await self._guarded(name, src, src.query_range(text, start, end, step))
+
+    async def label_values(self, name: str, label: str) -> list[str]:
+        """The values of ``label`` that source ``name`` (a ``prometheus`` source) knows; raises SourceError."""
+        src = self.sources.get(name)
+        if src is None or not hasattr(src, "label_values"):
+            raise SourceError(f"source {name!r} does not list label values")
+        return await self._guarded(name, src, src.label_values(label))
+
+    async def _guarded(self, name: str, src: Any, call: Any) -> Any:
+        timeout = src.options.timeout.total_seconds() + 1
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            raise SourceError(f"query timed out after {timeout:g}s") from None
+        except SourceError as e:
+            raise SourceError(_scrub(str(e), src)) from None
+        except Exception as e:
+            log.exception("source_query_crashed", source=name)
+            raise SourceError(_scrub(f"{type(e).__name__}: {e}", src)) from None
+
     def with_capability(self, capability: str, name: str | None = None) -> list[Any]:
         """Sources that implement ``capability`` (e.g. ``ingest``), or the one named; raises NoSuchSource."""
         if name is not None:
