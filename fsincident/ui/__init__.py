@@ -1,7 +1,8 @@
 """The web UI under ``/ui/``: server-rendered pages (jinja2, autoescaped) with progressive enhancement.
 
 Sign-in: a user pastes an API token once (``/ui/login``); the daemon stores a session (only the SHA-256 of the
-cookie's secret) and sets a ``Secure`` (when served over https), ``HttpOnly``, ``SameSite=Strict`` cookie. A session
+cookie's secret) and sets a ``Secure`` (when served over https), ``HttpOnly``, ``SameSite=Lax`` cookie (Lax, so a
+link pasted in chat opens signed in; no GET acts, and POSTs need the CSRF token). A session
 acts with its token's scopes: every page declares the scope it needs (:func:`page`), every POST carries the
 session's CSRF token (``_csrf``) and, when the browser sends one, an ``Origin`` of this host. Errors are readable
 HTML pages, never a stack trace; every response says how long the server took (``Server-Timing: app;dur=MS``).
@@ -250,10 +251,14 @@ async def _load_session(request: web.Request) -> Session | None:
             row2 = await s.get(UiSession, digest)
             if row2 is not None:
                 row2.last_seen_at = now
+    return Session(tok.name, _granted(tok.scopes), sess.csrf, expires)
+
+
+def _granted(scopes: str) -> frozenset[str]:
     granted: set[str] = set()
-    for sc in tok.scopes.split(","):
+    for sc in scopes.split(","):
         granted |= GRANTS.get(sc.strip(), set())
-    return Session(tok.name, frozenset(granted), sess.csrf, expires)
+    return frozenset(granted)
 
 
 def _secure(request: web.Request) -> bool:
@@ -299,6 +304,11 @@ async def login(request: web.Request) -> web.Response:
     if tok is None or tok.id is None:
         log.info("ui_login_refused", remote=request.remote)
         return render(request, "login.html.j2", status=401, next=nxt, error="That token is not valid (or was revoked).")
+    if "read" not in _granted(tok.scopes):  # an ingest-only session could open no page, not even sign out
+        log.info("ui_login_refused", remote=request.remote, token=tok.name)
+        return render(
+            request, "login.html.j2", status=403, next=nxt, error="That token cannot read, so it cannot use the UI."
+        )
     now = ctx.incidents.clock.now()
     cfg = config_of(request)
     ttl = cfg.ui.session_ttl if cfg is not None else timedelta(hours=12)
@@ -324,7 +334,7 @@ async def login(request: web.Request) -> web.Response:
         path=f"{PREFIX}/",
         httponly=True,
         secure=_secure(request),
-        samesite="Strict",
+        samesite="Lax",
     )
     raise resp
 

@@ -18,7 +18,8 @@ from markupsafe import Markup, escape
 __all__ = ["Line", "heatmap", "histogram", "line_chart", "nice_ticks", "sparkline", "time_ticks"]
 
 PALETTE = 8  # series colour classes s0..s7
-_INF = (math.inf, -math.inf)
+LIMIT = 1e300
+"""Values beyond ±LIMIT are drawn as gaps, like ±inf: the span between two of them would overflow a float."""
 
 
 @dataclass
@@ -45,6 +46,11 @@ def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _plottable(v: object) -> bool:
+    """A finite value small enough that differences of two of them stay finite (1e308 - -1e308 is inf)."""
+    return _finite(v) and abs(v) <= LIMIT  # type: ignore[arg-type]
+
+
 def fmt_value(v: float, unit: str = "") -> str:
     """A compact number for axes and tooltips (``1.5k``, ``0.25``, ``3M``) followed by ``unit``."""
     if not math.isfinite(v):
@@ -69,6 +75,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
         return [0.0, 1.0]
     if hi < lo:
         lo, hi = hi, lo
+    if not math.isfinite(hi - lo):  # e.g. -1e308 .. 1e308: no step fits, the ends are the ticks
+        return [lo, hi]
     scale = max(abs(lo), abs(hi))
     if hi - lo < 1e-9 * max(1.0, scale) or hi - lo < 1e-9:
         pad = scale * 0.1 if scale > 1e-6 else 1.0
@@ -159,7 +167,10 @@ def time_ticks(start: float, end: float, tz: ZoneInfo, target: int = 6) -> tuple
 
 
 def _local(t: float, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    return datetime.fromtimestamp(t, UTC).astimezone(tz).strftime(fmt)
+    try:
+        return datetime.fromtimestamp(t, UTC).astimezone(tz).strftime(fmt)
+    except (OverflowError, OSError, ValueError):  # a time outside the years 1..9999
+        return "?"
 
 
 def _attrs(**kw: object) -> str:
@@ -218,7 +229,7 @@ def line_chart(
             # a NaN time fails both comparisons; None values, NaN (v != v) and ±inf break the line
             if t is None or not (start <= t <= end):
                 continue
-            if v is None or v != v or v in _INF:
+            if v is None or not _plottable(v):
                 pts.append((t, None))
             else:
                 pts.append((t, v))
@@ -227,7 +238,7 @@ def line_chart(
             pts.sort(key=lambda p: p[0])
         cleaned.append((ln, pts))
     total = len(values)
-    thr = float(threshold) if threshold is not None and _finite(threshold) else None
+    thr = float(threshold) if threshold is not None and _plottable(threshold) else None
     out: list[str] = [
         _svg_open(
             "chart line-chart",
@@ -366,9 +377,9 @@ def sparkline(
     crit: float | None = None,
 ) -> Markup:
     """A tiny axis-less line of ``points`` (NaN/None break it) with optional warn/crit lines; never raises."""
-    pts = sorted(((float(t), v) for t, v in points if _finite(t)), key=lambda p: p[0])
-    vals = [float(v) for _, v in pts if _finite(v)]
-    levels = [float(x) for x in (warn, crit) if x is not None and _finite(x)]
+    pts = sorted(((float(t), v) for t, v in points if _plottable(t)), key=lambda p: p[0])
+    vals = [float(v) for _, v in pts if _plottable(v)]
+    levels = [float(x) for x in (warn, crit) if x is not None and _plottable(x)]
     out = [_svg_open("sparkline", width, height, "sparkline", data_points=len(vals))]
     if vals:
         lo, hi = min(vals + levels), max(vals + levels)
@@ -385,13 +396,13 @@ def sparkline(
             return pad + (hi - v) / (hi - lo) * (height - 2 * pad)
 
         for cls, lv in (("warn", warn), ("crit", crit)):
-            if lv is not None and _finite(lv):
+            if lv is not None and _plottable(lv):
                 y = _f(y_of(float(lv)))
                 out.append(f'<line class="level {cls}" x1="0" x2="{width}" y1="{y}" y2="{y}"/>')
         d: list[str] = []
         down = False
         for t, v in pts:
-            if not _finite(v):
+            if not _plottable(v):
                 down = False
                 continue
             d.append(f"{'L' if down else 'M'}{_f(x_of(t))} {_f(y_of(float(v)))}")
@@ -401,7 +412,7 @@ def sparkline(
             f'<path class="series s0" d="{" ".join(d)}"><title>last {escape(fmt_value(last_v))}, '
             f"min {escape(fmt_value(min(vals)))}, max {escape(fmt_value(max(vals)))}</title></path>"
         )
-        lt, lvv = next((t, float(v)) for t, v in reversed(pts) if _finite(v))
+        lt, lvv = next((t, float(v)) for t, v in reversed(pts) if _plottable(v))
         out.append(f'<circle class="dot s0" cx="{_f(x_of(lt))}" cy="{_f(y_of(lvv))}" r="2"/>')
     else:
         out.append(
@@ -468,7 +479,7 @@ def _bin_edges(lo: float, hi: float, bins: int) -> list[float]:
 
 def bucket(values: Iterable[float], bins: int) -> tuple[list[float], list[int]]:
     """Equal-width bins over the finite ``values``: (edges, counts); counts sum to the number of finite values."""
-    vals = [v for v in values if v is not None and v == v and v not in _INF]
+    vals = [v for v in values if v is not None and _plottable(v)]
     bins = max(1, int(bins))
     if not vals:
         return [], []

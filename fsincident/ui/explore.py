@@ -4,6 +4,7 @@ time range, their distribution, and a heatmap of incidents by weekday × hour (`
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,9 @@ MAX_SERIES = 20
 MAX_WEEKS = 52
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 HOURS = [f"{h:02d}" for h in range(24)]
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
+"""A metric name (Prometheus' syntax): the name goes into a range query on a ``prometheus`` source, so anything
+else (``up) or vector(1``) is refused rather than run there."""
 
 
 def parse_matchers(text: str) -> tuple[Matcher, ...]:
@@ -155,6 +159,9 @@ async def explore_page(request: web.Request) -> web.Response:
 
     async def read_series() -> list[Any]:
         if history is None or not source or not metric or matcher_error is not None:
+            return []
+        if not METRIC_NAME.fullmatch(metric):
+            errors.append(f"{metric[:200]!r} is not a metric name: letters, digits, _ and : only.")
             return []
         if history.source_kind(source) is None:
             errors.append(f"There is no source named {source!r}.")

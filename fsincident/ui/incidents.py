@@ -26,7 +26,7 @@ from sqlmodel import col, select
 
 from fsincident.api import MAX_ID
 from fsincident.api.notifications import notifications_of
-from fsincident.core import TransitionError, ensure_utc, isoformat
+from fsincident.core import TransitionError, ensure_utc, isoformat, storable_text
 from fsincident.escalation.service import BadTarget
 from fsincident.escalation.service import NotFound as EscalationNotFound
 from fsincident.incidents.service import NotFound
@@ -202,7 +202,10 @@ def _parse_time(text: str, tz: ZoneInfo, what: str) -> datetime:
         raise ValueError(f"{what} {text!r} is not a time: write 2026-12-05T10:00 or 2026-12-05") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01 east of UTC, 9999-12-31 west of it: outside datetime's range
+        raise ValueError(f"{what} {text!r} is out of range: pick a time between the years 1 and 9999") from None
 
 
 def parse_filters(query: Mapping[str, str], matches: Sequence[str], now: datetime, tz: ZoneInfo) -> Filters:
@@ -223,6 +226,8 @@ def parse_filters(query: Mapping[str, str], matches: Sequence[str], now: datetim
     f.match = ", ".join(texts)
     if sum(len(t) for t in texts) > 2000:
         errors.append("the label matchers are longer than 2000 characters")
+    elif not all(storable_text(t) for t in texts):  # PostgreSQL refuses NUL in a bound value (a 500, not a 400)
+        errors.append("the label matchers contain a NUL character")
     else:
         try:
             f.matchers = tuple(m for t in texts for m in parse_matcher_list(t))
@@ -660,6 +665,8 @@ def _note(data: Mapping[str, str]) -> str | None:
     note = (data.get("note") or "").strip()
     if len(note) > MAX_NOTE:
         raise UiError(400, "Note too long", f"A note can have at most {MAX_NOTE} characters.")
+    if not storable_text(note):  # as the API refuses it: PostgreSQL cannot store NUL
+        raise UiError(400, "Note not stored", "The note contains a NUL character; remove it and try again.")
     return note or None
 
 
