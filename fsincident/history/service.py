@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -675,7 +676,14 @@ _PG_UPDATE = sa.text(
 )
 
 
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
 def _selector(metric: str, matchers: Iterable[Matcher]) -> str:
+    """The PromQL selector of ``metric`` and ``matchers``; raises HistoryError for a name that is not a metric name
+    (anything else would let the caller run arbitrary PromQL on the peer)."""
+    if not _METRIC_NAME.fullmatch(metric):
+        raise HistoryError(f"{metric!r} is not a metric name")
     inner = ",".join(str(m) for m in matchers)
     return f"{metric}{{{inner}}}" if inner else metric
 
