@@ -12,6 +12,8 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 TRIPLE = struct.Struct("<fff")
 BUCKET_BYTES = TRIPLE.size  # 12
 NAN = float("nan")
@@ -83,6 +85,32 @@ def decode(chunk: bytes, start: float, step: int) -> Iterator[tuple[float, float
     for i, (avg, lo, hi) in enumerate(TRIPLE.iter_unpack(chunk[: len(chunk) // BUCKET_BYTES * BUCKET_BYTES])):
         if not math.isnan(avg):
             yield (start + i * step, avg, lo, hi)
+
+
+def decode_array(chunk: bytes, start: float, step: int) -> np.ndarray:
+    """The non-empty buckets of ``chunk`` as an ``(n, 4)`` float64 array of ``t, avg, min, max`` (what
+    :func:`decode` yields, vectorised); a trailing partial triple is ignored."""
+    n = len(chunk) // BUCKET_BYTES
+    out = np.empty((n, 4), dtype=np.float64)
+    if n:
+        out[:, 1:] = np.frombuffer(chunk, dtype="<f4", count=n * 3).reshape(n, 3)
+        out[:, 0] = start + np.arange(n, dtype=np.float64) * step
+    return out[~np.isnan(out[:, 1])]
+
+
+def downsample_array(a: np.ndarray, width: float, origin: float = 0.0) -> list[Point]:
+    """:func:`downsample` of chronological ``(n, 4)`` rows ``t, avg, min, max`` that each weigh 1, vectorised."""
+    if not len(a):
+        return []
+    slots = origin + np.floor((a[:, 0] - origin) / width) * width
+    starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+    counts = np.diff(np.r_[starts, len(a)]).astype(np.float64)
+    means = np.add.reduceat(a[:, 1], starts) / counts
+    lows = np.minimum.reduceat(a[:, 2], starts)
+    highs = np.maximum.reduceat(a[:, 3], starts)
+    return list(
+        zip(slots[starts].tolist(), means.tolist(), lows.tolist(), highs.tolist(), counts.tolist(), strict=True)
+    )
 
 
 def _f32(v: float) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
@@ -539,8 +540,8 @@ class HistoryService:
         step = self._tier_step(tier)
         width = bk.slot_width(start.timestamp(), end.timestamp(), step, max_points)
         out = []
-        for labels, points in (await self._read(source, [metric], matchers, tier, start, end)).get(metric, {}).items():
-            merged = bk.downsample(points, width)
+        for labels, arr in (await self._read(source, [metric], matchers, tier, start, end)).get(metric, {}).items():
+            merged = bk.downsample_array(arr, width)
             out.append(SeriesData(dict(labels), bk.with_gaps(merged, width)))
         return sorted(out, key=lambda d: sorted(d.labels.items()))
 
@@ -552,7 +553,9 @@ class HistoryService:
         tier: int,
         start: datetime,
         end: datetime,
-    ) -> dict[str, dict[Labels, list[bk.Point]]]:
+    ) -> dict[str, dict[Labels, np.ndarray]]:
+        """Per metric and series the stored buckets in ``[start, end]`` as a chronological ``(n, 4)`` array of
+        ``t, avg, min, max`` (empty buckets left out); raises HistoryError when the database cannot be read."""
         lo, hi = start.timestamp(), end.timestamp()
         since = _dt(lo - self._chunk_seconds(tier))
         q = select(
@@ -574,16 +577,20 @@ class HistoryService:
         except Exception as e:
             log.exception("history_read_failed", source=source)
             raise HistoryError(f"the history could not be read: {type(e).__name__}") from None
-        out: dict[str, dict[Labels, list[bk.Point]]] = {}
+        parts: dict[str, dict[Labels, list[np.ndarray]]] = {}
         for metric, labels, chunk_start, row_step, points in rows:
             if not all(m.matches(labels.get(m.name, "")) for m in matchers):
                 continue
-            series = out.setdefault(metric, {}).setdefault(Labels(labels), [])
             cs = ensure_utc(chunk_start).timestamp()  # type: ignore[union-attr]
-            series.extend((t, a, mn, mx, 1.0) for t, a, mn, mx in bk.decode(points, cs, row_step) if lo <= t <= hi)
-        for series_map in out.values():
-            for pts in series_map.values():
-                pts.sort(key=lambda p: p[0])
+            arr = bk.decode_array(points, cs, row_step)
+            arr = arr[(arr[:, 0] >= lo) & (arr[:, 0] <= hi)]
+            if len(arr):
+                parts.setdefault(metric, {}).setdefault(Labels(labels), []).append(arr)
+        out: dict[str, dict[Labels, np.ndarray]] = {}
+        for metric, series_map in parts.items():
+            for labels, chunks in series_map.items():
+                a = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+                out.setdefault(metric, {})[labels] = a[np.argsort(a[:, 0], kind="stable")]
         return out
 
     async def _prom_range(
@@ -624,8 +631,8 @@ class HistoryService:
             for metric, series in (
                 await self._read(source, list(dict.fromkeys(metrics)), (), tier, start, end)
             ).items():
-                for labels, points in series.items():
-                    for t, avg, *_ in points:
+                for labels, arr in series.items():
+                    for t, avg in zip(arr[:, 0].tolist(), arr[:, 1].tolist(), strict=True):
                         frames.setdefault(t, {}).setdefault(metric, {})[labels] = avg
         return sorted(frames.items(), key=lambda f: f[0])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -70,3 +71,20 @@ def test_accumulator_averages_and_folds_buckets():
     assert acc.triple() == (3.0, 1.0, 6.0)
     acc.add_bucket(7.0, 0.0, 9.0)
     assert acc.triple() == (4.0, 0.0, 9.0)
+
+
+@given(series(), st.integers(1, 50))
+def test_the_vectorised_reads_agree_with_the_plain_ones(points, k):
+    # Page reads decode chunks and merge buckets with numpy; they must give what the plain functions give.
+    unit = [(t, avg, lo, hi, 1.0) for t, avg, lo, hi, _ in points]
+    arr = np.array([p[:4] for p in unit], dtype=np.float64)
+    fast = bk.downsample_array(arr, 10.0 * k)
+    slow = bk.downsample(unit, 10.0 * k)
+    assert [(p[0], p[2], p[3], p[4]) for p in fast] == [(p[0], p[2], p[3], p[4]) for p in slow]
+    for a, b in zip(fast, slow, strict=True):
+        assert math.isclose(a[1], b[1], rel_tol=1e-9, abs_tol=1e-6)
+    chunk = bytearray()
+    for i, (_, avg, lo, hi, _) in enumerate(unit[:60]):
+        bk.put(chunk, i * 2, (avg, lo, hi))  # every other bucket empty
+    decoded = bk.decode_array(bytes(chunk), 1000.0, 5)
+    assert decoded.tolist() == [list(p) for p in bk.decode(bytes(chunk), 1000.0, 5)]
