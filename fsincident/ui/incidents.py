@@ -45,6 +45,7 @@ from fsincident.ui import (
     render,
     session_of,
 )
+from fsincident.ui.silences import matchers_link
 
 log = get_logger("fsincident.ui.incidents")
 
@@ -655,6 +656,7 @@ async def incident_page(request: web.Request) -> web.Response:
         can_act=sess.can("ack"),
         targets=_targets(config_of(request)),
         has_escalation=ctx.escalation is not None,
+        silence_url=matchers_link(inc["labels"]),
     )
 
 

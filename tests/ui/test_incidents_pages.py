@@ -395,3 +395,12 @@ async def test_the_cli_adds_a_note(ui, capsys):
     ]
     bad = ["incidents", "ack", str(iid), "stray text", "--url", ui.base, "--token", ui.tokens["ack"]]
     assert await asyncio.to_thread(main, bad) == 2
+
+
+async def test_silence_this_opens_a_new_silence_prefilled_with_the_incidents_labels(ui, browser):
+    iid = await ui.incident(team="app", queue="silence-me")
+    page = await browser.get(f"/ui/incidents/{iid}")
+    link = page.soup.select_one("a#silence-link")["href"]
+    form = (await browser.get(link)).soup.select_one("form#silence-form")
+    text = form.select_one("textarea[name=matchers]").get_text()
+    assert 'queue="silence-me"' in text and 'team="app"' in text
