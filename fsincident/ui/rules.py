@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import re
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from fsincident.history import HistoryError
 from fsincident.obs import get_logger
 from fsincident.ui import UiError, ctx_of, display_tz, duration_text, page, render
 from fsincident.ui.charts import Line, legend, line_chart
+from fsincident.ui.incidents import simple_threshold
 
 log = get_logger("fsincident.ui.rules")
 
@@ -40,19 +40,11 @@ MAX_POINTS = 400
 """Points per drawn series."""
 MAX_EPISODES = 200
 
-_THRESHOLD = re.compile(r"(?:>=|<=|==|!=|>|<)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\)*\s*$")
-
 
 def threshold_of(expr_text: str) -> float | None:
-    """The constant a rule's expression compares against at its end (``queue_depth > 100`` → 100), else None."""
-    m = _THRESHOLD.search(expr_text.strip())
-    if m is None:
-        return None
-    try:
-        v = float(m.group(1))
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
+    """The constant of an expression that is a plain comparison (``queue_depth > 100`` → 100), else None."""
+    found = simple_threshold(expr_text)
+    return found[2] if found is not None else None
 
 
 def _ts(value: str | None) -> float | None:
