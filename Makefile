@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= examples
 
-.PHONY: install run check test lint unit bench clean peers
+.PHONY: install run check test lint unit bench clean peers screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+screenshots: $(STAMP)
+	bash scripts/install-peers.sh chromium fonts-liberation
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache state

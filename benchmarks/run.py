@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import delivery, ingest, latency, memory, oncall, push, sources  # noqa: E402
+from benchmarks import delivery, ingest, latency, memory, oncall, push, sources, ui  # noqa: E402
 from benchmarks import eval as eval_suite  # noqa: E402
 
 SUITES = [
@@ -27,6 +27,7 @@ SUITES = [
     ("oncall", oncall.run),
     ("ingest", ingest.run),
     ("delivery", delivery.run),
+    ("ui", ui.run),
 ]
 
 

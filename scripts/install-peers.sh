@@ -13,6 +13,8 @@ default=(
   monitoring-plugins       # /usr/lib/nagios/plugins/check_*: type: command tests
   systemd-journal-remote   # writes real .journal files for the logs source's journald tests
   prometheus-alertmanager  # /usr/bin/prometheus-alertmanager + amtool: API v2 / amtool tests, ingest benchmark
+  chromium                 # /usr/bin/chromium: the web UI's browser tests and screenshots (Playwright drives it)
+  fonts-liberation         # readable text in headless Chromium's screenshots (--no-install-recommends skips fonts)
 )
 if [ $# -gt 0 ]; then
   wanted=("$@")
