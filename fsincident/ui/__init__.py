@@ -156,7 +156,11 @@ def _number(v: Any, digits: int = 3) -> str:
         return "NaN"
     if f == int(f) and abs(f) < 1e15:
         return str(int(f))
-    return f"{f:.{digits}g}" if abs(f) >= 1e6 or abs(f) < 1e-3 else f"{round(f, digits):g}"
+    if abs(f) >= 1e6 or abs(f) < 1e-3:
+        return f"{f:.{digits}g}"
+    # About four significant digits: 474.8, 12.35, 0.1235 (a value, not a measurement of its precision).
+    places = 1 if abs(f) >= 100 else 2 if abs(f) >= 1 else digits + 1
+    return f"{round(f, places):g}"
 
 
 ENV = jinja2.Environment(

@@ -541,7 +541,7 @@ async def incident_chart(request: web.Request, inc: dict[str, Any]) -> ChartView
     assert created is not None
     until = resolved or now
     start = created - max(timedelta(minutes=30), until - created)
-    end = until + timedelta(minutes=10)
+    end = resolved + timedelta(minutes=10) if resolved else now  # never past now: nothing to draw there yet
     alerts_same = [a for a in alerts if a["origin"] == origin][:10]
     lines: list[Any] = []
     try:
@@ -592,6 +592,8 @@ def _timeline(events: list[dict[str, Any]], notes: list[dict[str, Any]]) -> list
     they share a time with pages (the pages they caused follow them)."""
     items: list[tuple[str, int, int, dict[str, Any]]] = []
     for e in events:
+        if notes and e["kind"] == "notify_sent":  # the page's own row below says it was sent, with its attempts
+            continue
         items.append((e["at"] or "", 0, e["id"] or 0, {**e, "page": None}))
     for n in notes:
         at = n["created_at"] or ""
