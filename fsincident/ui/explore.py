@@ -79,7 +79,8 @@ async def incident_heatmap(ctx: Any, tz: ZoneInfo, start: datetime, end: datetim
         .group_by(*(sa.literal_column(f"k{i}") for i in range(len(keys))))
     )
     async with ctx.store.read() as s:
-        rows = (await s.execute(q)).all()
+        conn = await s.connection()  # a Core statement: the Connection runs it (Session.execute is deprecated)
+        rows = (await conn.execute(q)).all()
     cells = [[0] * 24 for _ in range(7)]
     for *key, n in rows:
         if key[0] is None:
