@@ -723,28 +723,9 @@ def _sentence(text: str) -> str:
 
 
 @page("ack")
-async def ack(request: web.Request) -> web.Response:
-    return await _act(request, "ack")
-
-
-@page("ack")
-async def resolve(request: web.Request) -> web.Response:
-    return await _act(request, "resolve")
-
-
-@page("ack")
-async def escalate(request: web.Request) -> web.Response:
-    return await _act(request, "escalate")
-
-
-@page("ack")
-async def reassign(request: web.Request) -> web.Response:
-    return await _act(request, "reassign")
-
-
-@page("ack")
-async def note(request: web.Request) -> web.Response:
-    return await _act(request, "note")
+async def act(request: web.Request) -> web.Response:
+    """``POST /ui/incidents/{id}/ack|resolve|escalate|reassign|note`` (the route admits only these actions)."""
+    return await _act(request, request.match_info["action"])
 
 
 def add_routes(app: web.Application) -> None:
@@ -754,8 +735,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/incidents.csv", incidents_csv)
     r.add_get(f"{PREFIX}/incidents.json", incidents_json)
     r.add_get(f"{PREFIX}/incidents/{{id}}", incident_page)
-    r.add_post(f"{PREFIX}/incidents/{{id}}/ack", ack)
-    r.add_post(f"{PREFIX}/incidents/{{id}}/resolve", resolve)
-    r.add_post(f"{PREFIX}/incidents/{{id}}/escalate", escalate)
-    r.add_post(f"{PREFIX}/incidents/{{id}}/reassign", reassign)
-    r.add_post(f"{PREFIX}/incidents/{{id}}/note", note)
+    r.add_post(f"{PREFIX}/incidents/{{id}}/{{action:ack|resolve|escalate|reassign|note}}", act)
