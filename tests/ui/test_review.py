@@ -284,7 +284,7 @@ async def test_every_ui_route_declares_a_scope_and_every_post_needs_ack(ui):
             seen_posts.append(path)
             if path != "/ui/logout":
                 assert scope in ("ack", "admin"), (route.method, path, scope)
-    assert "/ui/incidents/{id}/ack" in seen_posts
+    assert "/ui/incidents/{id}/{action}" in seen_posts
 
 
 async def test_a_read_token_cannot_act_and_get_never_acts(ui):
