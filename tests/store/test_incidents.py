@@ -70,8 +70,17 @@ async def transition(store: Store, clock: FakeClock, state: str, alertname: str 
 
 
 async def step(svc: IncidentService, clock: FakeClock) -> bool:
+    """One engine step: tick until every queued transition is processed (a batch stops taking transitions after
+    BATCH_SECONDS, so on a slow machine one tick may leave some for the next)."""
     clock.advance(timedelta(seconds=10))
-    return await svc.tick(clock.now())
+    did = await svc.tick(clock.now())
+    for _ in range(100):
+        async with svc.store.read() as s:
+            left = (await s.exec(select(AlertTransition.id).where(col(AlertTransition.processed_at).is_(None)))).first()
+        if left is None:
+            break
+        did = await svc.tick(clock.now()) or did
+    return did
 
 
 async def rows(store: Store, model: Any, *where: Any) -> list[Any]:
