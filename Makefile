@@ -30,7 +30,7 @@ peers:
 
 test: $(STAMP) lint
 	bash scripts/install-peers.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile --ignore=tests/e2e
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/e2e
 
 unit: $(STAMP)
