@@ -99,9 +99,11 @@ def display_tz(request: web.Request) -> ZoneInfo:
 # ---------------------------------------------------------------------------------------------- templates
 
 
-def _ts(value: Any, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+def _instant(value: Any) -> datetime | str | None:
+    """An aware datetime from a datetime, an ISO 8601 string or unix seconds; None for nothing; a string that is
+    not a time is returned as it is (shown verbatim)."""
     if value is None or value == "":
-        return "–"
+        return None
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -109,9 +111,14 @@ def _ts(value: Any, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
             return value
     if isinstance(value, (int, float)):
         value = datetime.fromtimestamp(value, UTC)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(tz).strftime(fmt)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _ts(value: Any, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    at = _instant(value)
+    if at is None:
+        return "–"
+    return at if isinstance(at, str) else at.astimezone(tz).strftime(fmt)
 
 
 def duration_text(seconds: float | None) -> str:
@@ -132,16 +139,12 @@ def duration_text(seconds: float | None) -> str:
 
 
 def _ago(value: Any, now: datetime) -> str:
-    if value is None or value == "":
+    at = _instant(value)
+    if at is None:
         return "never"
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    delta = (now - value).total_seconds()
+    if isinstance(at, str):
+        return at
+    delta = (now - at).total_seconds()
     return f"{duration_text(delta)} ago" if delta >= 0 else f"in {duration_text(-delta)}"
 
 

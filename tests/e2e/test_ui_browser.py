@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import CountingReceiver, incident, wait_until
-from tests.helpers import ROOT, DaemonProcess, Exposition, free_port, write_config
+from tests.helpers import ROOT, DaemonProcess, Exposition, free_port
+from tests.ui.conftest import DISK_RULE, ui_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,69 +40,9 @@ SECRET = "hunter2-contact-secret"  # in alice's contact URL: the user page must 
 
 
 def _config(directory: Path, port: int, exposition: Exposition, receiver: CountingReceiver) -> Path:
-    hook = receiver.apprise_url
-    return write_config(
-        directory / "cfg",
-        f"""
-        listen: 127.0.0.1:{port}
-        database: sqlite:///{directory}/state.db
-        sources:
-          - {{name: app, type: scrape, url: "{exposition.url}/metrics", interval: 1s}}
-        channels:
-          - {{name: ops, urls: ["{hook("ops")}"]}}
-        users:
-          - {{name: alice, timezone: Europe/Berlin, contacts: ["{hook("alice").replace("//", "//pager:{SECRET}@")}"]}}
-          - {{name: bob, timezone: America/New_York, contacts: ["{hook("bob")}"]}}
-        schedules:
-          - name: primary
-            timezone: Europe/Berlin
-            layers:
-              - {{rotation: weekly, handoff: "Mon 09:00", start: 2026-01-05, users: [alice, bob]}}
-        escalation_policies:
-          - name: app
-            steps:
-              - {{after: 0m, notify: ["schedule:primary", "channel:ops"]}}
-              - {{after: 30m, notify: ["user:bob"]}}
-        routes:
-          - {{match: {{team: app}}, escalation_policy: app}}
-          - {{notify: ["channel:ops"]}}
-        ui:
-          refresh: 2s
-          cards:
-            - title: Orders queue
-              series: 'queue_depth{{queue="orders"}}'
-              source: app
-              unit: jobs
-              warn: 50
-              crit: 100
-            - {{title: All queues, series: queue_depth, reduce: sum}}
-        history:
-          step: 1s
-          keep: 1h
-          coarse_step: 10s
-          coarse_keep: 1d
-        """,
-        {
-            "app.yaml": """
-            groups:
-              - name: app
-                interval: 1s
-                source: app
-                rules:
-                  - alert: QueueBacklog
-                    expr: queue_depth > 100
-                    severity: critical
-                    labels: {team: app}
-                    annotations:
-                      summary: "{{ labels.queue }} has {{ value }} jobs"
-                  - alert: DiskFull
-                    expr: disk_used_percent > 90
-                    severity: warning
-                    labels: {team: storage}
-                    annotations:
-                      summary: "{{ labels.mount }} is {{ value }}% full"
-            """
-        },
+    database = f"sqlite:///{directory}/state.db"
+    return ui_config(
+        directory, database, port, exposition, receiver, refresh="2s", alice_secret=SECRET, extra_rules=DISK_RULE
     )
 
 

@@ -21,10 +21,31 @@ from tests.helpers import Exposition, Receiver, free_port, write_config
 CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
 
 
-def ui_config(directory: Path, database: str, port: int, exposition: Exposition, receiver: Receiver) -> Path:
-    """A daemon with a scrape source, two rules, users, a schedule with a weekly layer, an escalation policy,
-    a channel and two metric cards."""
+DISK_RULE = """
+                  - alert: DiskFull
+                    expr: disk_used_percent > 90
+                    severity: warning
+                    labels: {team: storage}
+                    annotations:
+                      summary: "{{ labels.mount }} is {{ value }}% full"
+"""
+
+
+def ui_config(
+    directory: Path,
+    database: str,
+    port: int,
+    exposition: Exposition,
+    receiver: Any,
+    *,
+    refresh: str = "0s",
+    alice_secret: str | None = None,
+    extra_rules: str = "",
+) -> Path:
+    """A daemon with a scrape source, two rules (plus ``extra_rules``), users, a schedule with a weekly layer, an
+    escalation policy, a channel and two metric cards; ``alice_secret`` puts a password in alice's contact URL."""
     hook = receiver.apprise_url
+    alice = hook("alice") if alice_secret is None else hook("alice").replace("//", f"//pager:{alice_secret}@")
     return write_config(
         directory / "cfg",
         f"""
@@ -35,7 +56,7 @@ def ui_config(directory: Path, database: str, port: int, exposition: Exposition,
         channels:
           - {{name: ops, urls: ["{hook("ops")}"]}}
         users:
-          - {{name: alice, timezone: Europe/Berlin, contacts: ["{hook("alice")}"]}}
+          - {{name: alice, timezone: Europe/Berlin, contacts: ["{alice}"]}}
           - {{name: bob, timezone: America/New_York, contacts: ["{hook("bob")}"]}}
         schedules:
           - name: primary
@@ -51,7 +72,7 @@ def ui_config(directory: Path, database: str, port: int, exposition: Exposition,
           - {{match: {{team: app}}, escalation_policy: app}}
           - {{notify: ["channel:ops"]}}
         ui:
-          refresh: 0s
+          refresh: {refresh}
           cards:
             - title: Orders queue
               series: 'queue_depth{{queue="orders"}}'
@@ -84,6 +105,7 @@ def ui_config(directory: Path, database: str, port: int, exposition: Exposition,
                     for: 5m
                     severity: warning
             """
+            + extra_rules
         },
     )
 
