@@ -485,23 +485,29 @@ async def seed(
 # ---------------------------------------------------------------------------------------------- the daemon
 
 
+def write_bench_config(tmp: Path, db: str, exposition: Exposition, receiver: Receiver) -> tuple[Path, int]:
+    """The benchmark daemon's config folder under ``tmp`` (a free port, ``db``, the local peers); (folder, port)."""
+    cfg = tmp / "cfg"
+    (cfg / "rules.d").mkdir(parents=True)
+    port = free_port()
+    text = textwrap.dedent(CONFIG)
+    for key, value in {
+        "{port}": str(port),
+        "{db}": db,
+        "{exposition}": exposition.url,
+        "{hook}": f"json://127.0.0.1:{receiver.port}",
+    }.items():
+        text = text.replace(key, value)
+    (cfg / "fsincident.yaml").write_text(text)
+    (cfg / "rules.d" / "bench.yaml").write_text(textwrap.dedent(RULES))
+    return cfg, port
+
+
 @contextmanager
 def ui_daemon(db: str, n: int, exposition: Exposition, receiver: Receiver) -> Iterator[tuple[DaemonProcess, str]]:
     """Seed ``db``, start the real daemon on it; yields it and an ``ack`` token."""
     with tempfile.TemporaryDirectory(prefix="fsi-bench-ui-") as tmp:
-        cfg = Path(tmp) / "cfg"
-        (cfg / "rules.d").mkdir(parents=True)
-        port = free_port()
-        text = textwrap.dedent(CONFIG)
-        for key, value in {
-            "{port}": str(port),
-            "{db}": db,
-            "{exposition}": exposition.url,
-            "{hook}": f"json://127.0.0.1:{receiver.port}",
-        }.items():
-            text = text.replace(key, value)
-        (cfg / "fsincident.yaml").write_text(text)
-        (cfg / "rules.d" / "bench.yaml").write_text(textwrap.dedent(RULES))
+        cfg, port = write_bench_config(Path(tmp), db, exposition, receiver)
         t0 = time.monotonic()
         counts = asyncio.run(seed(db, n, datetime.now(UTC), instance=f"127.0.0.1:{exposition.port}"))
         print(f"  ui: seeded {counts} in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
@@ -700,19 +706,7 @@ def profile(names: list[str], n: int, samples: int, backend: str = "sqlite") -> 
     db_cm = pg_database() if backend == "postgresql" else sqlite_database()
     try:
         with db_cm as db, tempfile.TemporaryDirectory(prefix="fsi-bench-ui-prof-") as tmp:
-            cfg = Path(tmp) / "cfg"
-            (cfg / "rules.d").mkdir(parents=True)
-            port = free_port()
-            text = textwrap.dedent(CONFIG)
-            for key, value in {
-                "{port}": str(port),
-                "{db}": db,
-                "{exposition}": exposition.url,
-                "{hook}": f"json://127.0.0.1:{receiver.port}",
-            }.items():
-                text = text.replace(key, value)
-            (cfg / "fsincident.yaml").write_text(text)
-            (cfg / "rules.d" / "bench.yaml").write_text(textwrap.dedent(RULES))
+            cfg, port = write_bench_config(Path(tmp), db, exposition, receiver)
             asyncio.run(seed(db, n, datetime.now(UTC), instance=f"127.0.0.1:{exposition.port}"))
 
             async def go() -> None:
