@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json as jsonlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +172,11 @@ async def serve(
 
 
 @asynccontextmanager
-async def running_api(directory: Path, database: str | None = None) -> AsyncIterator[Api]:
-    """Start the real Daemon (binding a free port) with its peers; stop everything afterwards."""
+async def running_api(
+    directory: Path, database: str | None = None, config: Callable[..., Path] | None = None
+) -> AsyncIterator[Api]:
+    """Start the real Daemon (binding a free port) with its peers on ``config(directory, database, port,
+    exposition, receiver)`` (default :func:`daemon_config`); stop everything afterwards."""
     exposition = Exposition().start()
     receiver = Receiver().start()
     exposition.set("queue_depth", 500, queue="orders")
@@ -182,7 +185,7 @@ async def running_api(directory: Path, database: str | None = None) -> AsyncIter
     database = database or f"sqlite:///{directory}/state.db"
     try:
         async with serve(
-            daemon_config(directory, database, port, exposition, receiver), port, exposition, receiver
+            (config or daemon_config)(directory, database, port, exposition, receiver), port, exposition, receiver
         ) as api:
             yield api
     finally:

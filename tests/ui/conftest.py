@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 from bs4 import BeautifulSoup
 
-from tests.api.conftest import Api, serve
-from tests.helpers import Exposition, Receiver, free_port, write_config
+from tests.api.conftest import Api, running_api
+from tests.helpers import Exposition, write_config
 
 CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
 
@@ -158,20 +158,9 @@ async def sign_in(api: Api, scope: str) -> Browser:
     return b
 
 
-@asynccontextmanager
-async def running_ui(directory: Path, database: str | None = None) -> AsyncIterator[Api]:
-    exposition = Exposition().start()
-    receiver = Receiver().start()
-    exposition.set("queue_depth", 500, queue="orders")
-    exposition.set("queue_depth", 3, queue="mail")
-    port = free_port()
-    database = database or f"sqlite:///{directory}/state.db"
-    try:
-        async with serve(ui_config(directory, database, port, exposition, receiver), port, exposition, receiver) as api:
-            yield api
-    finally:
-        exposition.stop()
-        receiver.stop()
+def running_ui(directory: Path, database: str | None = None) -> AbstractAsyncContextManager[Api]:
+    """The real Daemon on :func:`ui_config` with its peers (see ``tests.api.conftest.running_api``)."""
+    return running_api(directory, database, config=ui_config)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
