@@ -372,7 +372,9 @@ async def _silence(
     about = f" for incident #{cmd.incident}" if cmd.incident is not None else ""
     comment = cmd.comment or f"silenced from {platform} by {actor}{about}"
     try:
-        row = await svc.put(matchers=matchers, starts_at=now, ends_at=ends, created_by=actor, comment=comment)
+        row = await svc.put(
+            matchers=matchers, starts_at=now, ends_at=ends, created_by=actor, comment=comment, duration=cmd.duration
+        )
     except SilenceError as e:
         return ephemeral(f"Cannot silence: {fmt.esc(e.message)}.")
     user = cfg.user(actor)

@@ -295,6 +295,7 @@ async def v1_create(request: web.Request) -> web.Response:
     now = svc.clock.now()
     starts = _v1_time(body, "starts_at", now) or now
     ends = _v1_time(body, "ends_at", now)
+    duration: timedelta | None = None
     if body.get("duration") is not None:
         if ends is not None:
             raise ApiError(400, "give 'ends_at' or 'duration', not both")
@@ -315,7 +316,9 @@ async def v1_create(request: web.Request) -> web.Response:
         raise ApiError(400, "field 'comment' is required", "say why the alerts are silenced")
     created_by = (body.get("created_by") or "").strip() or request[TOKEN_NAME]
     try:
-        row = await svc.put(matchers=matchers, starts_at=starts, ends_at=ends, created_by=created_by, comment=comment)
+        row = await svc.put(
+            matchers=matchers, starts_at=starts, ends_at=ends, created_by=created_by, comment=comment, duration=duration
+        )
     except SilenceError as e:
         raise _err(e) from None
     return web.json_response(silence_dict(row, svc.clock.now()), status=201)

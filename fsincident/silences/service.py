@@ -209,11 +209,15 @@ class SilenceService:
         created_by: str,
         comment: str,
         silence_id: str | None = None,
+        duration: timedelta | None = None,
     ) -> Silence:
         """Create a silence, or with ``silence_id`` update it as Alertmanager does (in place when only its end,
         comment or author change, else expire it and create a new one); raises SilenceError (400, or 404 for an
-        unknown id)."""
+        unknown id). With ``duration`` the silence ends that long after it really starts (a start in the past is
+        moved to now), so "2h" is two hours even when the clock moved on since the caller computed ``ends_at``."""
         now = self.clock.now()
+        if duration is not None:
+            ends_at = max(ms(starts_at), ms(now)) + duration
         for when in (starts_at, ends_at):
             if not EARLIEST <= when < LATEST:
                 raise SilenceError("times must be between the years 1970 and 8999")
