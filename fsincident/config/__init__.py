@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from fsincident import plugins
 from fsincident.appriseurl import check_apprise_url
 from fsincident.config.model import (
+    REPORT_PERIODS,
     AlertmanagerApiOptions,
+    AnalyticsOptions,
     ChatOpsOptions,
     ContactOptions,
     DaemonOptions,
@@ -27,6 +29,7 @@ from fsincident.config.model import (
     InhibitRuleOptions,
     IntegrationOptions,
     LinksOptions,
+    ReportOptions,
     RouteOptions,
     RuleFileOptions,
     RuleOptions,
@@ -49,7 +52,7 @@ from fsincident.config.oncall import (
 from fsincident.config.rule import DEFAULT_INTERVAL, Rule, RuleGroup
 from fsincident.config.slo import Slo, load_slos
 from fsincident.config.yamlmarks import Document, load_yaml, pydantic_problems
-from fsincident.core import ConfigError, Problem, valid_label_name
+from fsincident.core import ConfigError, Problem, parse_duration, valid_label_name
 from fsincident.expr import CompiledExpr, ExprError, compile_expr
 from fsincident.matchers import Matcher, MatcherError, parse_matcher_list, parse_selector
 from fsincident.sandbox import CompiledTemplate, TemplateProblem
@@ -111,6 +114,8 @@ class Config:
     chatops: ChatOpsOptions = field(default_factory=ChatOpsOptions)
     ui: UiOptions = field(default_factory=UiOptions)
     history: HistoryOptions = field(default_factory=HistoryOptions)
+    analytics: AnalyticsOptions = field(default_factory=AnalyticsOptions)
+    reports: tuple[ReportOptions, ...] = field(default=())
 
     @property
     def host(self) -> str:
@@ -598,6 +603,98 @@ def _check_ui(
         problems.append(doc.problem(("history", "coarse_keep"), "must be at least history.coarse_step"))
 
 
+def report_period(text: str) -> str | timedelta:
+    """A report's ``period``: ``day``/``week``/``month``, or a duration of at least a minute; raises ValueError."""
+    t = text.strip().lower()
+    if t in REPORT_PERIODS:
+        return t
+    try:
+        d = parse_duration(t)
+    except ValueError:
+        raise ValueError(f"invalid period {text!r}: write day, week, month or a duration such as 7d") from None
+    if d < timedelta(minutes=1) or d > timedelta(days=400):
+        raise ValueError("period must be between 1m and 400d")
+    return d
+
+
+def cron_trigger(expr: str, timezone: str) -> Any:
+    """The apscheduler CronTrigger of a 5-field crontab line in ``timezone``; raises ValueError naming the problem."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f'invalid schedule {expr!r}: write 5 cron fields (minute hour day month weekday), e.g. "0 8 * * mon"'
+        )
+    try:
+        return CronTrigger.from_crontab(expr, timezone=timezone)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"invalid schedule {expr!r}: {e}") from None
+
+
+def _check_analytics(
+    doc: Document,
+    options: DaemonOptions | None,
+    raw_reports: list[Any],
+    source_names: Iterable[str],
+    known: dict[str, set[str]],
+    problems: list[Problem],
+) -> list[ReportOptions]:
+    """Services (matchers and series that parse, known sources) and reports (cron, period, known targets)."""
+    names = set(source_names)
+    if options is not None:
+        seen: set[str] = set()
+        for i, svc in enumerate(options.analytics.services):
+            where = ("analytics", "services", i)
+            if svc.name in seen:
+                problems.append(doc.problem((*where, "name"), f"duplicate service name {svc.name!r}"))
+            seen.add(svc.name)
+            for j, m in enumerate(svc.matchers):
+                try:
+                    parse_matcher_list(m)
+                except MatcherError as e:
+                    problems.append(doc.problem((*where, "matchers", j), str(e)))
+            if svc.series is not None:
+                try:
+                    parse_selector(svc.series)
+                except MatcherError as e:
+                    problems.append(doc.problem((*where, "series"), str(e)))
+            if svc.source is not None and svc.source not in names:
+                problems.append(doc.problem((*where, "source"), f"unknown source {svc.source!r}"))
+            if svc.source is not None and svc.series is None:
+                problems.append(
+                    doc.problem((*where, "source"), "a source needs a series (probe_success-style, 1 = up)")
+                )
+    out: list[ReportOptions] = []
+    seen_reports: set[str] = set()
+    for i, raw in enumerate(raw_reports):
+        try:
+            r = ReportOptions.model_validate(raw)
+        except ValidationError as e:
+            problems.extend(pydantic_problems(doc, ("reports", i), e))
+            continue
+        ok = True
+        if r.name in seen_reports:
+            problems.append(doc.problem(("reports", i, "name"), f"duplicate report name {r.name!r}"))
+            ok = False
+        seen_reports.add(r.name)
+        try:
+            cron_trigger(r.schedule, r.timezone)
+        except ValueError as e:
+            problems.append(doc.problem(("reports", i, "schedule"), str(e)))
+            ok = False
+        try:
+            report_period(r.period)
+        except ValueError as e:
+            problems.append(doc.problem(("reports", i, "period"), str(e)))
+            ok = False
+        before = len(problems)
+        check_targets(doc, ("reports", i, "to"), r.to, known, problems)
+        if ok and len(problems) == before:
+            out.append(r)
+    return out
+
+
 def _check_delivery(
     doc: Document,
     options: DaemonOptions | None,
@@ -654,6 +751,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
     sources: list[plugins.SourceOptions] = []
     channels: list[plugins.ChannelOptions] = []
     source_names: set[str] = set()
+    reports: list[ReportOptions] = []
     if doc is not None:
         if not isinstance(doc.data, dict):
             problems.append(doc.problem((), "must be a mapping of settings"))
@@ -662,7 +760,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             data, lists = dict(doc.data), {}
             for section in (
                 *("sources", "channels", "users", "schedules", "escalation_policies", "routes"),
-                *("time_intervals", "inhibit_rules", "integrations"),
+                *("time_intervals", "inhibit_rules", "integrations", "reports"),
             ):
                 data, lists[section] = _split(data, section)
             try:
@@ -701,6 +799,7 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
             am = _check_alertmanager_sections(doc, lists, problems)
             _check_delivery(doc, options, channels, known, problems)
             _check_ui(doc, options, source_names, problems)
+            reports = _check_analytics(doc, options, lists["reports"] or [], source_names, known, problems)
             interval_names = set(am.interval_names)
             for i, raw in enumerate(lists["routes"] or []):
                 route = _check_route(doc, ("routes", i), raw, known, policy_names, interval_names, problems)
@@ -780,6 +879,8 @@ def load(directory: str | os.PathLike[str], *, environ: dict[str, str] | None = 
         chatops=options.chatops,
         ui=options.ui,
         history=options.history,
+        analytics=options.analytics,
+        reports=tuple(reports),
     )
 
 

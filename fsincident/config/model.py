@@ -348,6 +348,81 @@ class HistoryOptions(Options):
     max_series: int = Field(2000, ge=1, le=100_000)
 
 
+REPORT_SECTIONS = ("summary", "response", "fatigue", "oncall", "sla", "capacity", "incidents")
+"""The sections of a report, in the order they are shown."""
+REPORT_PERIODS = ("day", "week", "month")
+"""Calendar periods a scheduled report may cover (else a duration such as ``7d``)."""
+
+
+def _weekday(v: Any) -> Any:
+    if isinstance(v, str) and v.strip().lower() in _DAY_NAMES:
+        return v.strip().lower()[:3]
+    raise ValueError(f"invalid weekday {v!r}: write mon, tue, wed, thu, fri, sat or sun")
+
+
+Weekday = Annotated[str, BeforeValidator(_weekday)]
+
+
+class WorkingHoursOptions(Options):
+    """When people work, in each person's own time zone (``users[].timezone``): a page outside these hours is
+    "out of hours"; one inside ``night_start``..``night_end`` is a night page; one on a day outside ``days`` a
+    weekend page."""
+
+    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    start: ClockTime = "09:00"
+    end: ClockTime = "18:00"
+    night_start: ClockTime = "22:00"
+    night_end: ClockTime = "07:00"
+
+
+class ServiceOptions(Options):
+    """A service whose uptime is reported against ``target`` (percent): from the incidents whose labels match
+    ``matchers`` (and whose severity is in ``severities``), or from a ``probe_success``-style ``series`` (1 = up)
+    of ``source`` when one is given."""
+
+    name: Name
+    target: float = Field(99.9, gt=0, lt=100)
+    matchers: list[str] = Field(default_factory=list)
+    severities: list[Severity] = Field(default_factory=lambda: [Severity.CRITICAL])
+    series: str | None = Field(None, min_length=1, max_length=1000)
+    source: Name | None = None
+
+
+class AnalyticsOptions(Options):
+    """How the analytics (``/api/v1/analytics``, ``fsincident report``, scheduled reports) count."""
+
+    ack_within: Duration = timedelta(minutes=15)
+    """"Acknowledged within N minutes" counts acknowledgements this soon after the incident opened."""
+    flap_window: Duration = timedelta(hours=1)
+    """An incident that opens again this soon after the same alert group resolved is a re-open (flapping)."""
+    flap_count: int = Field(3, ge=1, le=10_000)
+    """A rule with at least this many re-opens (or re-triggers) in a period is flapping."""
+    timezone: TimeZone = "UTC"
+    """The time zone of per-day buckets and of the times shown in reports."""
+    group_by: str = Field("service", min_length=1, max_length=100)
+    """The label reports group by when none is asked for."""
+    working_hours: WorkingHoursOptions = Field(default_factory=WorkingHoursOptions)
+    services: list[ServiceOptions] = Field(default_factory=list)
+    handoff_summary: bool = False
+    """At each handoff, send the outgoing and the incoming person a summary of the outgoing shift."""
+
+
+class ReportOptions(Options):
+    """A report sent on a cron ``schedule`` (in ``timezone``) to ``to``, covering the ``period`` before it."""
+
+    name: Name
+    schedule: str = Field(min_length=1, max_length=200)
+    timezone: TimeZone = "UTC"
+    period: str = Field("week", min_length=1, max_length=40)
+    """``day``, ``week`` or ``month`` (the previous whole calendar one in ``timezone``), or a duration (``7d``)."""
+    to: list[Target] = Field(min_length=1)
+    sections: list[Literal["summary", "response", "fatigue", "oncall", "sla", "capacity", "incidents"]] = Field(
+        default_factory=lambda: list(REPORT_SECTIONS)
+    )
+    group_by: str | None = Field(None, min_length=1, max_length=100)
+    title: str | None = Field(None, min_length=1, max_length=200)
+
+
 class DaemonOptions(Options):
     """fsincident.yaml; ``sources`` and ``channels`` are validated per kind by the loader."""
 
@@ -371,6 +446,9 @@ class DaemonOptions(Options):
     chatops: ChatOpsOptions = Field(default_factory=ChatOpsOptions)
     ui: UiOptions = Field(default_factory=UiOptions)
     history: HistoryOptions = Field(default_factory=HistoryOptions)
+    analytics: AnalyticsOptions = Field(default_factory=AnalyticsOptions)
+    reports: list[dict[str, Any]] = Field(default_factory=list)
+    """Validated item by item by the loader (``ReportOptions``)."""
 
 
 ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"

@@ -343,3 +343,14 @@ class IngestedAlert(SQLModel, table=True):
     starts_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     ends_at: datetime | None = _ts(index=True)
     updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class ReportState(SQLModel, table=True):
+    """Per scheduled report (``reports:``): the last fire time whose report was queued, so a restart neither
+    repeats nor skips one (advanced by compare-and-set in the transaction that queues the report's outbox rows)."""
+
+    __tablename__ = "report_state"
+    name: str = Field(primary_key=True, max_length=200)
+    last_fire_at: datetime | None = _ts()
+    last_queued_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=2000)
