@@ -14,6 +14,8 @@ from aiohttp import web
 
 from fsincident import config as config_mod
 from fsincident import plugins, ui
+from fsincident.analytics.reports import ReportScheduler
+from fsincident.analytics.service import AnalyticsService
 from fsincident.api import ApiContext, build_app
 from fsincident.config import Config
 from fsincident.core import Clock, ConfigError, Problem, SystemClock
@@ -145,6 +147,15 @@ class Daemon:
             config.alertmanager.resolve_timeout,
             kick_incidents=self.engine.kicker(self.incidents.name),
         )
+        self.analytics = AnalyticsService(  # issue #9: reports, postmortems, capacity, SLA
+            self.store,
+            self.clock,
+            lambda: self.config,
+            history=self.history,
+            snapshot=self.sources.snapshot,
+            shifts=self.schedules.all_shifts,
+        )
+        self.reports = ReportScheduler(self.analytics)
         self.routes: Route = routes_of(config)
         self.runner: web.AppRunner | None = None
         self._ready = False
@@ -202,6 +213,8 @@ class Daemon:
             links=lambda: self.links,
             role=lambda: self.leadership.role,
             history=self.history,
+            analytics=self.analytics,
+            reports=self.reports,
         )
         api = build_app(ctx, extra_routes=ui.add_routes if self.config.ui.enabled else None)
         self.runner = web.AppRunner(api, access_log=None, handle_signals=False, shutdown_timeout=5)
@@ -217,6 +230,7 @@ class Daemon:
         self.engine.add(self.ingest, idle=5.0)  # wakes when an ingested alert ends (sleep_hint)
         self.engine.add(self.handoffs, idle=30.0, leader_only=True)  # wakes at the next handoff (sleep_hint) or kick
         self.engine.add(self.history, idle=1.0, leader_only=True)  # wakes when its fine buckets end (sleep_hint)
+        self.engine.add(self.reports, idle=30.0, leader_only=True)  # wakes at the next report's fire time (sleep_hint)
         await self._apply(self.config)
         self.engine.start()
         self._ready = True

@@ -55,6 +55,8 @@ class ApiContext:
     links: Callable[[], Any] | None = None  # the running notify.links.LinkSigner (changes on reload)
     role: Callable[[], str] | None = None  # "leader" or "follower" (store.leader.Leadership.role)
     history: Any = None  # history.HistoryService: downsampled series history and range queries (web UI)
+    analytics: Any = None  # analytics.service.AnalyticsService: reports, postmortems, capacity (issue #9)
+    reports: Any = None  # analytics.reports.ReportScheduler: scheduled reports (issue #9)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -350,6 +352,11 @@ def build_app(ctx: ApiContext, extra_routes: Callable[[web.Application], None] |
     from fsincident.api import links  # here, not at the top: it imports this module
 
     links.add_routes(app)
+    from fsincident.api import analytics, postmortem, reports  # here, not at the top: they import this module
+
+    analytics.add_routes(app)
+    postmortem.add_routes(app)
+    reports.add_routes(app)
     if extra_routes:
         extra_routes(app)
     return app

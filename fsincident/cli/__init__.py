@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fsincident import config as config_mod
-from fsincident.cli import oncall, render, ruletools, silence
+from fsincident.cli import oncall, postmortem, render, report, ruletools, silence
 from fsincident.core import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     oncall.register(sub)
     silence.register(sub)
     render.register(sub)
+    report.register(sub)
+    postmortem.register(sub)
     return p
 
 

@@ -281,6 +281,16 @@ class ScheduleService:
         out.sort(key=lambda u: (u.shift.start, u.schedule))
         return out
 
+    async def all_shifts(self, start: datetime, end: datetime) -> list[tuple[str, str, datetime, datetime]]:
+        """Every schedule's final shifts cut to ``[start, end)`` as ``(schedule, user, start, end)``, in schedule
+        then time order (for on-call load reports); raises ScheduleError for a bad or over-long range."""
+        out: list[tuple[str, str, datetime, datetime]] = []
+        async with self.store.session() as s:
+            for sch in self.schedules:
+                for sh in await self._shifts(s, sch, start, end, False):
+                    out.append((sch.name, sh.user, sh.start, sh.end))
+        return out
+
     async def _shifts(self, s: AsyncSession, sch: Schedule, start: datetime, end: datetime, whole: bool) -> list[Shift]:
         start, end = start.astimezone(UTC), end.astimezone(UTC)
         if end <= start:

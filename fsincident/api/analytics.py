@@ -1,0 +1,9 @@
+"""Issue #9 routes (``analytics``). Filled in by its owner."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def add_routes(app: web.Application) -> None:
+    """Register this module's routes on ``app``."""
