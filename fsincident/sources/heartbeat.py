@@ -17,78 +17,14 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, field_validator, model_validator
 
 from fsincident.core import Labels, Sample, SourceError, ensure_utc
+from fsincident.cron import cron_trigger
 from fsincident.plugins import Duration, LabelMap, Name, Options, SourceContext, SourceOptions
 
 SIGNALS: tuple[str, ...] = ("success", "start", "fail")
 _TICK = timedelta(microseconds=1)
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-
-
-def _weekday(token: str) -> int:
-    t = token.strip().lower()
-    if t.isdigit() and 0 <= int(t) <= 7:
-        return int(t)  # 7 is Sunday too; kept as 7 so that ranges such as 5-7 work
-    if t in _DAYS:
-        return _DAYS.index(t)
-    raise ValueError(f"bad day of week {token!r} (0-7 with 0 and 7 Sunday, or sun..sat)")
-
-
-def _weekdays(field: str) -> str:
-    """Crontab day-of-week (0 or 7 = Sunday) as day names, which APScheduler 3 reads as cron does (not 0 = Monday)."""
-    if field in ("*", "?"):
-        return "*"
-    days: set[int] = set()
-    for part in field.split(","):
-        rng, slash, step_text = part.partition("/")
-        step = int(step_text) if step_text.isdigit() else 0
-        if slash and step < 1:
-            raise ValueError(f"bad step in day of week {part!r}")
-        if rng == "*":
-            lo, hi = 0, 6
-        elif "-" in rng:
-            lo, hi = (_weekday(x) for x in rng.split("-", 1))
-            if lo > hi:
-                raise ValueError(f"bad range in day of week {part!r}")
-        else:
-            lo = _weekday(rng)
-            hi = max(lo, 6) if slash else lo
-        days.update(d % 7 for d in range(lo, hi + 1, step or 1))
-    return ",".join(_DAYS[d] for d in sorted(days))
-
-
-def cron_trigger(expr: str, timezone: str = "UTC") -> BaseTrigger:
-    """A trigger firing like crontab ``expr`` in ``timezone``; raises ValueError naming what is wrong.
-
-    Standard cron semantics are kept where APScheduler 3 differs: 0 and 7 are Sunday, and when both day of
-    month and day of week are restricted the schedule fires on either (not only when both match).
-    """
-    fields = _MACROS.get(expr.strip().lower(), expr).split()
-    if len(fields) != 5:
-        raise ValueError(f"wrong number of fields: got {len(fields)}, expected 5 (minute hour day month weekday)")
-    minute, hour, day, month, dow = fields
-    tz = ZoneInfo(timezone)
-
-    def make(d: str, w: str) -> CronTrigger:
-        return CronTrigger(minute=minute, hour=hour, day=d, month=month, day_of_week=w, timezone=tz)
-
-    weekdays = _weekdays(dow)
-    if day not in ("*", "?") and weekdays != "*":
-        return OrTrigger([make(day, "*"), make("*", weekdays)])
-    return make(day, weekdays)
 
 
 class CheckOptions(Options):
