@@ -24,6 +24,9 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlmodel import col, select
 
+from fsincident.analytics.postmortem import rule_of as _rule_of
+from fsincident.analytics.postmortem import series_matchers as _series_matchers
+from fsincident.analytics.postmortem import simple_threshold
 from fsincident.api import MAX_ID
 from fsincident.api.notifications import notifications_of
 from fsincident.core import TransitionError, ensure_utc, isoformat, storable_text
@@ -453,57 +456,6 @@ async def incidents_json(request: web.Request) -> web.StreamResponse:
 
 
 # ---------------------------------------------------------------------------------------------- detail
-
-_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_OPS = r">=|<=|==|!=|>|<"
-_FLIP = {">": "<", "<": ">", ">=": "<=", "<=": ">=", "==": "==", "!=": "!="}
-
-
-def simple_threshold(expr: str, metric: str | None = None) -> tuple[str, str, float] | None:
-    """``(metric, op, number)`` for an expression that is just ``metric OP number`` or ``number OP metric``
-    (read as ``metric OP' number``); None for anything else (never raises)."""
-    if not isinstance(expr, str) or len(expr) > 500:
-        return None
-    name = re.escape(metric) if metric else r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-    text = expr.strip()
-    m = re.fullmatch(rf"({name})\s*({_OPS})\s*({_NUMBER})", text)
-    if m:
-        metric_name, op, num = m.group(1), m.group(2), m.group(3)
-    else:
-        m = re.fullmatch(rf"({_NUMBER})\s*({_OPS})\s*({name})", text)
-        if not m:
-            return None
-        num, op, metric_name = m.group(1), _FLIP[m.group(2)], m.group(3)
-    value = float(num)
-    if not math.isfinite(value):
-        return None
-    return metric_name, op, value
-
-
-def _rule_of(config: Any, origin: str) -> Any:
-    if config is None or not origin.startswith("rule:"):
-        return None
-    group, _, alert = origin[len("rule:") :].partition("/")
-    for g in config.groups:
-        if g.name == group:
-            for r in g.rules:
-                if r.alert == alert:
-                    return r
-    return None
-
-
-def _series_matchers(alert_labels: Mapping[str, str], rule: Any) -> list[Matcher]:
-    """Equality matchers for the alert's labels that came from the series (not the rule's own labels)."""
-    skip = {"alertname", "severity", *getattr(rule, "labels", {}).keys()}
-    out = []
-    for k, v in sorted(alert_labels.items()):
-        if k in skip or k.startswith("__"):
-            continue
-        try:
-            out.append(Matcher.make(k, "=", v))
-        except MatcherError:
-            continue
-    return out
 
 
 @dataclass
