@@ -6,11 +6,12 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fsincident import config as config_mod
 from fsincident import plugins, ui
@@ -108,6 +109,7 @@ class Daemon:
             self.schedules,
             destinations=lambda t: self.notifiers.destinations(t),
             kick_delivery=self.engine.kicker(self.deliverer.name),
+            summary=lambda *a: self.reports.handoff_summary(*a),  # analytics.handoff_summary (issue #9)
         )
         self.schedules.on_change = self.engine.kicker(self.handoffs.name)
         self.escalation = EscalationService(
@@ -155,7 +157,11 @@ class Daemon:
             snapshot=self.sources.snapshot,
             shifts=self.schedules.all_shifts,
         )
-        self.reports = ReportScheduler(self.analytics)
+        self.reports = ReportScheduler(
+            self.analytics,
+            resolve=self._report_destinations,
+            kick_delivery=self.engine.kicker(self.deliverer.name),
+        )
         self.routes: Route = routes_of(config)
         self.runner: web.AppRunner | None = None
         self._ready = False
@@ -163,6 +169,16 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Task[None]] = set()
         self.links: LinkSigner | None = None  # signs ack/resolve links in pages; set by start() and reload()
+
+    async def _report_destinations(
+        self, targets: Sequence[str], now: datetime, session: AsyncSession | None
+    ) -> list[tuple[str, int]]:
+        """Where a scheduled report or shift summary goes: each target resolved as a low-urgency page (a schedule
+        to who is on call, a user to their low-urgency contacts, a channel to its destinations)."""
+        res = await self.escalation.resolve_targets(targets, "info", now, session=session)
+        for target, why in res.skipped:
+            log.warning("report_target_skipped", target=target, reason=why)
+        return [(target, index) for target, index, _ in res.pages]
 
     @property
     def link_base(self) -> str:

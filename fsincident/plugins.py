@@ -152,22 +152,34 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with a message (a report's PNG chart): its file name, content and MIME type."""
+
+    name: str
+    content: bytes
+    mimetype: str = "image/png"
+
+
+@dataclass(frozen=True)
 class Message:
     """What a notifier sends: already rendered, free of secrets."""
 
     title: str
     body: str
-    kind: str  # trigger | acknowledge | resolve | info | digest
+    kind: str  # trigger | acknowledge | resolve | info | digest | handoff | report | handoff_summary
     severity: str = "warning"
     data: Mapping[str, Any] | None = None
     """The page as structured data, for formats that need it (``webhook`` with ``format: alertmanager``):
     ``incident`` (the API form), ``alerts`` (each with fingerprint, labels, annotations, state, starts_at,
     ends_at, generator_url), ``group_key``, ``group_labels``, ``receiver``, ``reason``, ``external_url``.
-    None for messages that are not about an incident (handoff notices)."""
+    None for messages that are not about an incident (handoff notices); for a scheduled ``report`` the analytics
+    ``report`` with its ``name`` and ``title``, for a ``handoff_summary`` the shift's ``summary``."""
     format: str = "text"
     """How ``body`` is written: ``text``, ``markdown`` or ``html`` (the destination's template style)."""
     links: Mapping[str, str] | None = None
     """Signed action links of the page (``ack``, ``resolve``) and the incident's ``incident`` URL, when any."""
+    attachments: tuple[Attachment, ...] = ()
+    """Files to send along (scheduled reports' PNG charts); a kind that cannot send files leaves them out."""
 
 
 @runtime_checkable

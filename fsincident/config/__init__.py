@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fsincident import plugins
+from fsincident import cron, plugins
 from fsincident.appriseurl import check_apprise_url
 from fsincident.config.model import (
     REPORT_PERIODS,
@@ -59,7 +59,10 @@ from fsincident.sandbox import CompiledTemplate, TemplateProblem
 from fsincident.timeintervals import interval_problems
 
 MAIN_FILE = "fsincident.yaml"
-TEMPLATE_NAMES = ("title", "message", "chat", "email_subject", "email.html", "email.txt", "digest")
+TEMPLATE_NAMES = (
+    *("title", "message", "chat", "email_subject", "email.html", "email.txt", "digest"),
+    *("report_subject", "report.html", "report.txt", "shift.html", "shift.txt"),
+)
 """Notification templates a config dir's ``templates/NAME.j2`` may override (see fsincident/notify/render.py)."""
 
 Contact = ContactOptions
@@ -618,18 +621,13 @@ def report_period(text: str) -> str | timedelta:
 
 
 def cron_trigger(expr: str, timezone: str) -> Any:
-    """The apscheduler CronTrigger of a 5-field crontab line in ``timezone``; raises ValueError naming the problem."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(
-            f'invalid schedule {expr!r}: write 5 cron fields (minute hour day month weekday), e.g. "0 8 * * mon"'
-        )
+    """The apscheduler trigger of a crontab line (5 fields or a macro such as ``@daily``) in ``timezone``, with
+    crontab's meaning (see :mod:`fsincident.cron`); raises ValueError naming the problem."""
     try:
-        return CronTrigger.from_crontab(expr, timezone=timezone)
+        trigger = cron.cron_trigger(expr, timezone)
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"invalid schedule {expr!r}: {e}") from None
+        raise ValueError(f'invalid schedule {expr!r}: {e} (e.g. "0 8 * * mon": 08:00 every Monday)') from None
+    return trigger
 
 
 def _check_analytics(

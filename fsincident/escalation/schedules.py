@@ -8,7 +8,7 @@ the facts (the configured schedule and the overrides stored in SQL), calls them,
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -431,6 +431,25 @@ def on_call_until(sch: Schedule, overrides: Sequence[Override], at: datetime, us
         span = min(span * 8, MAX_OVERRIDE)
 
 
+SUMMARY_SPAN = timedelta(days=31)
+"""A shift summary looks back at most this far for the start of the outgoing person's shift."""
+
+SummaryFn = Callable[[AsyncSession, str, str, str, datetime, datetime, datetime], Awaitable[int]]
+"""``(session, schedule, outgoing, incoming, shift_start, handoff_at, now) -> rows queued``: queues a shift summary
+in the notifier's transaction (the daemon wires the analytics stage's; escalation never imports it)."""
+
+
+def shift_start(sch: Schedule, overrides: Sequence[Override], at: datetime, user: str) -> datetime:
+    """When ``user``, on call until the handoff at ``at``, went on call (their contiguous final shifts, at most
+    SUMMARY_SPAN back); ``at`` itself when they were not on call just before it. Never fails for aware datetimes."""
+    start = at
+    for sh in reversed(final_shifts(sch, overrides, at - SUMMARY_SPAN, at)):
+        if sh.user != user or sh.end != start:
+            break
+        start = sh.start
+    return start
+
+
 def _local(dt: datetime | None, tz: str) -> str:
     if dt is None:
         return "further notice"
@@ -456,11 +475,14 @@ class HandoffNotifier:
         schedules: ScheduleService,
         destinations: Callable[[str], int],
         kick_delivery: Callable[[], None] = lambda: None,
+        summary: SummaryFn | None = None,
     ):
         self.schedules = schedules
         self.store = schedules.store
         self.destinations = destinations
         self.kick_delivery = kick_delivery
+        self.summary = summary
+        """Queues the shift summary of each handoff in the same transaction (``analytics.handoff_summary``)."""
         self._next: datetime | None = None
 
     async def tick(self, now: datetime) -> bool:
@@ -510,6 +532,7 @@ class HandoffNotifier:
                     if not last < at <= now:
                         continue
                     queued += self._queue(s, sch, overrides, at, outgoing, incoming, now)
+                    queued += await self._summary(s, sch, overrides, at, outgoing, incoming, now)
                     announced = incoming
                 if current is not None and current != announced:
                     # Who is on call changed without a handoff inside (last, now]: an override created with a
@@ -579,6 +602,29 @@ class HandoffNotifier:
             )
         log.info("handoff_notice_queued", schedule=sch.name, target=target, at=isoformat(at), outgoing=outgoing)
         return len(indices)
+
+    async def _summary(
+        self,
+        s: AsyncSession,
+        sch: Schedule,
+        overrides: Sequence[Override],
+        at: datetime,
+        outgoing: str | None,
+        incoming: str,
+        now: datetime,
+    ) -> int:
+        """Queue the outgoing shift's summary through the injected ``summary`` (0 without one or an outgoing
+        person); a database error rolls the whole tick back (retried), any other failure only loses the summary."""
+        if self.summary is None or not outgoing or outgoing == incoming:
+            return 0
+        start = shift_start(sch, overrides, at, outgoing)
+        try:
+            return await self.summary(s, sch.name, outgoing, incoming, start, at, now)
+        except sa.exc.SQLAlchemyError:
+            raise
+        except Exception:
+            log.exception("handoff_summary_failed", schedule=sch.name, target=f"user:{outgoing}")
+            return 0
 
     def _contacts(self, user: str) -> list[int]:
         """The destination indexes a handoff notice goes to: every contact not restricted to high urgency."""

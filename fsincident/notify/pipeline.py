@@ -15,6 +15,8 @@ target); ``muted``/``held`` (silences, time intervals); ``bundled`` (over a rate
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +53,8 @@ HOLD_RECHECK = timedelta(minutes=1)  # how often a page held by a time interval 
 SEND_GRACE = 2.0  # seconds past the delivery timeout before a hanging notifier is given up on
 RATE_RECHECK = timedelta(seconds=1)  # a raw destination over its limit only by sends in flight looks again
 ACTOR = "fsincident"
+REPORT_KINDS = frozenset({"report", "handoff_summary"})
+"""Outbox kinds rendered from ``data`` by the report templates, with the PNG charts of ``data`` attached."""
 
 
 @dataclass(eq=False)
@@ -351,8 +355,8 @@ class RateLimit:
         row = d.row
         ctx = self.ctx
         rl = ctx.channel_option(row.target, "rate_limit")
-        if rl is None or row.kind == "digest" or d.notifier is None:
-            return d
+        if rl is None or row.kind == "digest" or row.kind in REPORT_KINDS or d.notifier is None:
+            return d  # a scheduled report is never bundled into a digest (it would lose its charts)
         key = d.key
         if high_urgency(row.severity):  # never delayed, never bundled: no need to count (nor to wait for the lock)
             ctx.reservations.reserve(key)
@@ -466,6 +470,8 @@ class Render:
         style = style_of(d.notifier, row.dest_index)
         if row.kind == "digest":
             return await self._digest(d, style)
+        if row.kind in REPORT_KINDS:
+            return self._report(d, style)
         links = self._links(row, d.started_at)
         rendered = None
         renderer = self.ctx.renderer
@@ -499,6 +505,33 @@ class Render:
             data=row.data or None,
             format=fmt,
             links=links or None,
+        )
+        return d
+
+    def _report(self, d: Delivery, style: str) -> Delivery:
+        """A scheduled report or shift summary: the renderer's HTML (e-mail) or text (elsewhere) from the row's
+        ``data``, else the stored text; the row's PNG charts go along as attachments."""
+        row = d.row
+        data = row.data or {}
+        rendered = None
+        renderer = self.ctx.renderer
+        if renderer is not None and hasattr(renderer, "report"):
+            try:
+                rendered = renderer.report(style, row.kind, data, row.target)
+            except Exception as e:  # a report is never lost to a renderer bug: the stored text goes
+                log.warning("render_failed", outbox_id=row.id, error=str(e)[:300])
+        if rendered is not None:
+            title, body, fmt = rendered.title, rendered.body, rendered.format
+        else:
+            title, body, fmt = row.title, row.body, "text"
+        d.message = plugins.Message(
+            title=title,
+            body=body,
+            kind=row.kind,
+            severity=row.severity,
+            data={k: v for k, v in data.items() if k != "charts"} or None,
+            format=fmt,
+            attachments=attachments_of(data),
         )
         return d
 
@@ -578,6 +611,21 @@ class Render:
                 )
             ).all()
         return list(rows)
+
+
+def attachments_of(data: Mapping[str, Any]) -> tuple[plugins.Attachment, ...]:
+    """The PNG charts of a report row's ``data`` (``charts: [{"name", "png_base64"}]``) as attachments; a chart that
+    does not decode is left out (never fails)."""
+    out = []
+    charts = data.get("charts") if isinstance(data, Mapping) else None
+    for i, c in enumerate(charts if isinstance(charts, list) else ()):
+        try:
+            content = base64.b64decode(str(c["png_base64"]), validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            continue
+        name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in str(c.get("name") or f"chart-{i + 1}"))
+        out.append(plugins.Attachment(name=f"{name[:80] or f'chart-{i + 1}'}.png", content=content))
+    return tuple(out)
 
 
 def is_stale(inc: Incident, row: Outbox) -> bool:

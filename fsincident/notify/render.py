@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fsincident.config import TEMPLATE_NAMES
 from fsincident.obs import get_logger
@@ -49,6 +50,10 @@ STYLES: dict[str, Style] = {
     "raw": Style("title", "message", "text"),
 }
 DIGEST_SHOWN = 50
+REPORT_TEMPLATES = {"report": ("report.html", "report.txt"), "handoff_summary": ("shift.html", "shift.txt")}
+"""The (HTML, text) body templates of the outbox kinds rendered from ``data`` (scheduled reports, shift summaries);
+both use ``report_subject`` for the title."""
+REPORT_CHAT_MAX = 4000
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,54 @@ class Renderer:
             body = _cap(body, 4000)
         return RenderedPage(title, body, "markdown" if markdown else "text", tuple(problems))
 
+    def report_context(self, kind: str, data: Mapping[str, Any], recipient: str = "") -> dict[str, Any]:
+        """The template context of a scheduled report or shift summary (``Outbox.data``), with helpers
+        ``duration(seconds)``, ``localtime(iso)`` and ``number(value, digits)``; never a secret."""
+        tz = str(data.get("timezone") or (data.get("report") or {}).get("timezone") or "UTC")
+        charts = [
+            {"name": str(c.get("name", "")), "title": str(c.get("title", "")), "file": f"{c.get('name', 'chart')}.png"}
+            for c in data.get("charts") or []
+            if isinstance(c, Mapping)
+        ]
+        return {
+            "kind": kind,
+            "title": str(data.get("title") or ""),
+            "name": data.get("name"),
+            "report": dict(data.get("report") or {}),
+            "summary": dict(data.get("summary") or {}),
+            "sections": list(data.get("sections") or []),
+            "timezone": tz,
+            "charts": charts,
+            "recipient": recipient,
+            "external_url": self.external_url,
+            "duration": human_duration,
+            "localtime": lambda v, fmt="%Y-%m-%d %H:%M": local_time(v, tz, fmt),
+            "number": _number,
+        }
+
+    def report(self, style: str, kind: str, data: Mapping[str, Any] | None, recipient: str) -> RenderedPage:
+        """A scheduled report or shift summary for a destination of ``style``: HTML for ``email``, text otherwise
+        (cut for ``chat``); a failing override falls back to the shipped template; raises TemplateProblem when that
+        fails too (the caller then sends the plain text stored with the row)."""
+        problems: list[str] = []
+        data = data or {}
+        html_name, text_name = REPORT_TEMPLATES.get(kind, REPORT_TEMPLATES["report"])
+        html = style == "email"
+        ctx = self.report_context(kind, data, recipient)
+        try:
+            title = self._render("report_subject", ctx, problems)
+        except TemplateProblem:
+            title = ctx["title"] or kind
+        try:
+            body = self._render(html_name if html else text_name, ctx, problems)
+        except TemplateProblem:
+            raise TemplateProblem("; ".join(problems)) from None
+        body = body.strip() if html else _tidy(body)
+        if style == "chat":
+            body = _cap(body, REPORT_CHAT_MAX)
+            title = no_mentions(title)
+        return RenderedPage(_one_line(title, 250), body, "html" if html else "text", tuple(problems))
+
     def check(self) -> list[str]:
         """Problems of the overrides when rendering a sample page of every kind and a sample digest (each as
         ``templates/NAME.j2: message``); empty when all render. A template that relies on labels or annotations
@@ -209,6 +262,12 @@ class Renderer:
         data = sample_page()
         for name, tpl in self.overrides.items():
             try:
+                if name in REPORT_NAMES:
+                    for kind, pair in REPORT_TEMPLATES.items():
+                        if name == "report_subject" or name in pair:
+                            sample = sample_report() if kind == "report" else sample_shift()
+                            tpl.render(**self.report_context(kind, sample, "user:alice"))
+                    continue
                 if name == "digest":
                     for markdown in (True, False):
                         ctx = {"style": "chat" if markdown else "text", "markdown": markdown, "shown": DIGEST_SHOWN}
@@ -285,6 +344,195 @@ def sample_page() -> dict[str, Any]:
         "auto_resolve_at": None,
     }
     return {"incident": incident, "alerts": [alert, resolved], "reason": "trigger", "actor": None, "note": "on it"}
+
+
+REPORT_NAMES = frozenset({"report_subject", *(n for pair in REPORT_TEMPLATES.values() for n in pair)})
+
+
+def sample_report() -> dict[str, Any]:
+    """A queued report's ``data`` (every section, one group, one service), for checking the report templates."""
+    stats = {"median": 300.0, "p90": 900.0, "n": 4}
+    summary = {
+        "incidents": 4,
+        "acknowledged": 3,
+        "resolved": 3,
+        "open": 1,
+        "pages": 6,
+        "escalations": 1,
+        "retriggers": 0,
+        "reopens": 1,
+        "mtta_seconds": stats,
+        "mttr_seconds": {"median": 1800.0, "p90": 3600.0, "n": 3},
+        "ttd_seconds": {"median": 60.0, "p90": 120.0, "n": 2},
+        "acked_within": {"seconds": 900, "count": 3, "percent": 75.0},
+    }
+    report = {
+        "period": {"from": "2026-03-01T00:00:00Z", "to": "2026-03-08T00:00:00Z", "seconds": 604800},
+        "group_by": "service",
+        "generated_at": "2026-03-08T08:00:00Z",
+        "timezone": "UTC",
+        "summary": summary,
+        "response": [{"group": "api", **summary}],
+        "daily": [{"date": "2026-03-01", "incidents": 4, "by_severity": {"critical": 1, "warning": 3}}],
+        "fatigue": {
+            "rules": [
+                {
+                    "rule": "DiskFull",
+                    "incidents": 4,
+                    "pages": 6,
+                    "acted": 3,
+                    "acted_percent": 75.0,
+                    "rarely_acted": False,
+                    "reopens": 1,
+                    "retriggers": 0,
+                    "flapping": False,
+                }
+            ],
+            "people": [{"user": "alice", "pages": 6, "night": 1, "weekend": 0, "out_of_hours": 2}],
+        },
+        "oncall": [
+            {
+                "user": "alice",
+                "hours_on_call": 168.0,
+                "shifts": 1,
+                "pages": 6,
+                "out_of_hours_pages": 2,
+                "night_pages": 1,
+                "weekend_pages": 0,
+            }
+        ],
+        "sla": [
+            {
+                "service": "api",
+                "source": "incidents",
+                "target_percent": 99.9,
+                "uptime_percent": 99.95,
+                "downtime_seconds": 302.4,
+                "budget_seconds": 604.8,
+                "budget_left_seconds": 302.4,
+                "budget_left_percent": 50.0,
+                "incidents": 1,
+                "coverage_percent": None,
+            }
+        ],
+        "capacity": [
+            {
+                "rule": "disk/DiskWillFill",
+                "source": "node",
+                "metric": "disk_free_bytes",
+                "labels": {"instance": "db-1"},
+                "function": "predict_linear",
+                "expr": 'predict_linear(disk_free_bytes, "6h", 4 * 3600) < 0',
+                "threshold": 0.0,
+                "current": 1.0e9,
+                "trend_per_hour": -1.0e8,
+                "seconds_to_exhaustion": 36000.0,
+                "exhausted_at": "2026-03-08T18:00:00Z",
+                "severity": "warning",
+            }
+        ],
+        "incidents": [
+            {
+                "id": 1,
+                "title": "DiskFull: db-1 disk is 97% full",
+                "severity": "critical",
+                "state": "resolved",
+                "group": "api",
+                "created_at": "2026-03-01T12:00:00Z",
+                "acknowledged_at": "2026-03-01T12:05:00Z",
+                "resolved_at": "2026-03-01T12:30:00Z",
+                "tta_seconds": 300.0,
+                "ttr_seconds": 1800.0,
+                "labels": {"alertname": "DiskFull", "service": "api"},
+            }
+        ],
+    }
+    charts = [{"name": "incidents-per-day", "title": "Incidents per day", "png_base64": ""}]
+    return {
+        "report": report,
+        "name": "weekly",
+        "title": "Weekly report: 2026-03-01 to 2026-03-07",
+        "timezone": "UTC",
+        "sections": list(report)[4:],
+        "fire_at": "2026-03-08T08:00:00Z",
+        "charts": charts,
+    }
+
+
+def sample_shift() -> dict[str, Any]:
+    """A queued shift summary's ``data``, for checking the shift templates."""
+    row = {
+        "id": 1,
+        "title": "DiskFull: db-1 disk is 97% full",
+        "severity": "critical",
+        "state": "triggered",
+        "created_at": "2026-03-01T12:00:00Z",
+        "acknowledged_at": None,
+        "acknowledged_by": None,
+        "resolved_at": None,
+        "resolved_by": None,
+    }
+    counts = {"opened": 1, "acknowledged": 0, "resolved": 0, "still_open": 1}
+    summary = {
+        "from": "2026-03-01T09:00:00Z",
+        "to": "2026-03-08T09:00:00Z",
+        "user": "alice",
+        "counts": {**counts, "pages": 2},
+        "all_incidents": counts,
+        "opened": [row],
+        "acknowledged": [],
+        "resolved": [],
+        "still_open": [row],
+        "schedule": "infra-primary",
+        "outgoing": "alice",
+        "incoming": "bob",
+        "timezone": "UTC",
+    }
+    return {"summary": summary, "title": "Shift summary for infra-primary: alice handed over to bob", "charts": []}
+
+
+def human_duration(seconds: Any) -> str:
+    """``seconds`` as ``45s``, ``12m``, ``3.5h`` or ``2.1d``; ``-`` for None or a non-number (never fails)."""
+    try:
+        v = float(seconds)
+    except (TypeError, ValueError):
+        return "-"
+    if v != v or v in (float("inf"), float("-inf")):
+        return "-"
+    sign, v = ("-" if v < 0 else ""), abs(v)
+    if v < 90:
+        return f"{sign}{v:.0f}s"
+    if v < 5400:
+        return f"{sign}{v / 60:.0f}m"
+    if v < 172800:
+        return f"{sign}{v / 3600:.1f}h"
+    return f"{sign}{v / 86400:.1f}d"
+
+
+def local_time(value: Any, tz: str, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """An ISO 8601 time shown in time zone ``tz`` (with its abbreviation); ``-`` for None, the text itself when it
+    does not parse (never fails)."""
+    if value is None or value == "":
+        return "-"
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        local = dt.astimezone(ZoneInfo(tz))
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        return str(value)
+    return local.strftime(fmt[:40] + " %Z")
+
+
+def _number(value: Any, digits: int = 1) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    if v != v:
+        return "-"
+    d = max(0, min(int(digits), 6))
+    return f"{v:,.{d}f}"
 
 
 def sample_digest() -> list[dict[str, Any]]:

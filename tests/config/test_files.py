@@ -195,7 +195,8 @@ def test_unknown_template_name(conf: ConfDir):
     conf.write("templates/title.j2", "{{ incident.title }}")
     conf.write("templates/title.txt", "not a template: ignored")
     assert conf.problems() == [
-        f"{f}: unknown template name (known: title, message, chat, email_subject, email.html, email.txt, digest)"
+        f"{f}: unknown template name (known: title, message, chat, email_subject, email.html, email.txt, digest, "
+        "report_subject, report.html, report.txt, shift.html, shift.txt)"
     ]
 
 

@@ -114,6 +114,20 @@ def _query(url: str) -> dict[str, str]:
         return {}
 
 
+def attachments(message: Message) -> apprise.AppriseAttachment | None:
+    """The message's files (a report's PNG charts) as in-memory apprise attachments, None when it has none;
+    services that cannot take files send the text alone."""
+    files = getattr(message, "attachments", ())
+    if not files:
+        return None
+    from apprise.attachment.memory import AttachMemory
+
+    out = apprise.AppriseAttachment()
+    for f in files:
+        out.add(AttachMemory(content=f.content, name=f.name, mimetype=f.mimetype))
+    return out
+
+
 class AppriseOptions(ChannelOptions):
     urls: list[str] = Field(min_length=1)
 
@@ -177,6 +191,7 @@ class AppriseNotifier:
             notify_type=_NOTIFY_TYPE.get(message.kind, apprise.NotifyType.INFO),
             body_format=_FORMATS.get(getattr(message, "format", "text"), apprise.NotifyFormat.TEXT),
             timeout=timeout,
+            attach=attachments(message),
         )
         status = res.status
         if status == apprise.AppriseResultStatus.SUCCESS:

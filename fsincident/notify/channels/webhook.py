@@ -175,6 +175,21 @@ def json_payload(message: Message, *, max_alerts: int = 0, send_resolved: bool =
     if not send_resolved and message.kind == "resolve":
         return None
     data = dict(message.data or {})
+    if message.kind in ("report", "handoff_summary"):  # a scheduled report or shift summary, charts included
+        return {
+            "version": "1",
+            "kind": message.kind,
+            "title": message.title,
+            "body": message.body,
+            "severity": message.severity,
+            "report": data.get("report"),
+            "summary": data.get("summary"),
+            "name": data.get("name"),
+            "attachments": [
+                {"name": f.name, "mimetype": f.mimetype, "content_base64": base64.b64encode(f.content).decode("ascii")}
+                for f in message.attachments
+            ],
+        }
     alerts = [dict(a) for a in data.get("alerts") or ()]
     if not send_resolved:
         alerts = [a for a in alerts if a.get("state") != "resolved"]
@@ -268,8 +283,8 @@ class WebhookNotifier:
         o = self.options
         if o.format == "json":
             return json_payload(message, max_alerts=o.max_alerts, send_resolved=o.send_resolved)
-        if message.kind == "acknowledge":
-            return None  # Alertmanager has no acknowledgement: its receivers never get one
+        if message.kind in ("acknowledge", "report", "handoff_summary"):
+            return None  # Alertmanager has no acknowledgement nor report: its receivers never get one
         if not message.data or not message.data.get("alerts"):
             raise NotifyError(
                 "format alertmanager carries only incident pages with their alerts; "
