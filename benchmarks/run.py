@@ -1,7 +1,11 @@
-"""Run every benchmark against the real daemon, print a table, write benchmarks/results/latest.json."""
+"""Run every benchmark against the real daemon, print a table, write benchmarks/results/latest.json.
+
+``--only SUITE ...`` runs those suites only (e.g. ``--only analytics``) and writes ``latest-SUITE.json``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import delivery, ingest, latency, memory, oncall, push, sources, ui  # noqa: E402
+from benchmarks import analytics, delivery, ingest, latency, memory, oncall, push, sources, ui  # noqa: E402
 from benchmarks import eval as eval_suite  # noqa: E402
 
 SUITES = [
@@ -28,6 +32,7 @@ SUITES = [
     ("ingest", ingest.run),
     ("delivery", delivery.run),
     ("ui", ui.run),
+    ("analytics", analytics.run),
 ]
 
 
@@ -40,9 +45,16 @@ def _git_rev() -> str | None:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--only", nargs="+", choices=[name for name, _ in SUITES], metavar="SUITE", help="these suites only"
+    )
+    args = ap.parse_args()
     started = time.monotonic()
     results: list[dict[str, object]] = []
     for suite, fn in SUITES:
+        if args.only and suite not in args.only:
+            continue
         t0 = time.monotonic()
         print(f"running {suite} ...", file=sys.stderr, flush=True)
         for r in fn():
@@ -60,7 +72,9 @@ def main() -> int:
     print(f"{'benchmark':<{width}}  {'value':>10}  unit")
     for r in results:
         print(f"{r['name']!s:<{width}}  {r['value']:>10.3f}  {r['unit']}")
-    out = ROOT / "benchmarks" / "results" / "latest.json"
+    # A partial run (--only) leaves the full run's latest.json alone.
+    name = "latest.json" if not args.only else f"latest-{'+'.join(args.only)}.json"
+    out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)} ({report['seconds']}s)")
