@@ -265,6 +265,15 @@ def plain_summary(title: str, summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _instant(value: Any) -> datetime | None:
+    """An ISO 8601 time (``Z`` or an offset) as an aware datetime, None when it is missing or does not parse."""
+    try:
+        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
@@ -281,9 +290,13 @@ def report_data(
     and time zone, and the charts as base64 PNG (``[{"name", "title", "png_base64"}]``)."""
     rep = dict(report)
     listed = rep.get("incidents")
-    if isinstance(listed, list) and len(listed) > MAX_INCIDENTS_LISTED:
+    if isinstance(listed, list):
+        # The analytics list only the newest ``limit`` incidents: the period's count is the summary's.
+        total = (rep.get("summary") or {}).get("incidents") if isinstance(rep.get("summary"), Mapping) else None
+        total = max(total if isinstance(total, int) else 0, len(listed))
         rep["incidents"] = listed[:MAX_INCIDENTS_LISTED]
-        rep["incidents_total"] = len(listed)
+        if total > len(rep["incidents"]):
+            rep["incidents_total"] = total
     return {
         "report": rep,
         "name": options.name if options is not None else None,
@@ -430,7 +443,8 @@ class ReportScheduler:
         zone = ZoneInfo(timezone)
         a = start.astimezone(zone)
         b = (end - _EPS).astimezone(zone)
-        if end - start >= timedelta(days=1) and a.time() == time(0) and end.astimezone(zone).time() == time(0):
+        z = end.astimezone(zone)  # whole local days (a DST day is 23 or 25 hours long, still one day)
+        if a.time() == time(0) and z.time() == time(0) and z.date() > a.date():
             span = a.strftime("%Y-%m-%d") if a.date() == b.date() else f"{a:%Y-%m-%d} to {b:%Y-%m-%d}"
         else:
             span = f"{a:%Y-%m-%d %H:%M} to {end.astimezone(zone):%Y-%m-%d %H:%M %Z}"
@@ -446,7 +460,10 @@ class ReportScheduler:
             start, end, group_by=r.group_by, sections=list(r.sections), limit=MAX_INCIDENTS_LISTED
         )
         charts = await asyncio.to_thread(report_charts, report)
-        charts.extend(await self._capacity_charts(report, end, r.timezone))
+        # The capacity rows are computed at now (the report's generated_at), not at the period's end: their charts
+        # end and project from that instant too.
+        computed = _instant(report.get("generated_at")) or (self.clock.now() if self.clock is not None else end)
+        charts.extend(await self._capacity_charts(report, computed.astimezone(UTC), r.timezone))
         title = self.title_of(r, start, end, r.timezone)
         return report_data(r, report, charts, title=title, fire_at=fire_at)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from fsincident.analytics.reports import ReportScheduler, UnknownReport
+from fsincident.analytics.service import AnalyticsError
 from fsincident.api import CTX, ApiError, scope
 from fsincident.obs import get_logger
 
@@ -27,12 +28,15 @@ async def list_reports(request: web.Request) -> web.Response:
 
 @scope("admin")
 async def send_report(request: web.Request) -> web.Response:
-    """Queue the report now: 202 ``{"report", "period": {"from", "to"}, "queued"}``; 404 for an unknown report."""
+    """Queue the report now: 202 ``{"report", "period": {"from", "to"}, "queued"}``; 404 for an unknown report, 409
+    when its configuration asks for a report the analytics refuse (``detail.parameter`` names what)."""
     name = request.match_info["name"]
     try:
         out = await _scheduler(request).send_now(name)
     except UnknownReport as e:
         raise ApiError(404, str(e)) from None
+    except AnalyticsError as e:  # the configured report asks for what the analytics refuse (e.g. its group_by)
+        raise ApiError(409, f"report {name!r} cannot be built: {e.message}", {"parameter": e.param}) from None
     log.info("report_send_requested", report=name, queued=out["queued"])
     return web.json_response(out, status=202)
 

@@ -285,7 +285,7 @@ class ScheduleService:
         """Every schedule's final shifts cut to ``[start, end)`` as ``(schedule, user, start, end)``, in schedule
         then time order (for on-call load reports); raises ScheduleError for a bad or over-long range."""
         out: list[tuple[str, str, datetime, datetime]] = []
-        async with self.store.session() as s:
+        async with self.store.read() as s:  # reads only: a long report must not hold the write lock
             for sch in self.schedules:
                 for sh in await self._shifts(s, sch, start, end, False):
                     out.append((sch.name, sh.user, sh.start, sh.end))

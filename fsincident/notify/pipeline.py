@@ -41,6 +41,7 @@ from fsincident.notify.ratelimit import (
     verdict,
 )
 from fsincident.obs import get_logger
+from fsincident.sandbox import no_mentions
 from fsincident.store.tables import Alert, Incident, IncidentEvent, NotificationAttempt, Outbox
 from fsincident.timeintervals import OUTSIDE_ACTIVE, muted_by_intervals
 
@@ -524,6 +525,8 @@ class Render:
             title, body, fmt = rendered.title, rendered.body, rendered.format
         else:
             title, body, fmt = row.title, row.body, "text"
+            if style == "chat":  # the stored text lists incident titles too: no channel-wide pings
+                title, body = no_mentions(title), no_mentions(body)
         d.message = plugins.Message(
             title=title,
             body=body,

@@ -249,8 +249,8 @@ class Renderer:
         except TemplateProblem:
             raise TemplateProblem("; ".join(problems)) from None
         body = body.strip() if html else _tidy(body)
-        if style == "chat":
-            body = _cap(body, REPORT_CHAT_MAX)
+        if style == "chat":  # incident titles and labels come from alerts: they must not ping a whole channel
+            body = no_mentions(_cap(body, REPORT_CHAT_MAX))
             title = no_mentions(title)
         return RenderedPage(_one_line(title, 250), body, "html" if html else "text", tuple(problems))
 

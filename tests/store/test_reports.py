@@ -78,7 +78,11 @@ class FakeAnalytics:
         self.calls.append((start, end, group_by, list(sections or [])))
         rep = sample_report()["report"]
         rep["period"] = {"from": start.isoformat(), "to": end.isoformat(), "seconds": (end - start).total_seconds()}
-        rep["incidents"] = rep["incidents"] * 150  # more than a queued report keeps
+        rep["generated_at"] = self.clock.now().isoformat()  # when the figures (capacity too) were computed
+        # 150 incidents, more than a queued report keeps: like AnalyticsService, the summary counts them all and
+        # the incidents section lists only the newest ``limit``.
+        rep["summary"] = {**rep["summary"], "incidents": 150}
+        rep["incidents"] = (rep["incidents"] * 150)[:limit]
         return rep
 
 
@@ -147,7 +151,7 @@ async def test_a_cron_fire_queues_the_report_once(rig: Rig):
         assert r.state == "pending" and r.incident_id is None and r.severity == "info"
         assert r.title == "Weekly ops report: 2026-02-23 to 2026-03-01"
         assert r.next_attempt_at is not None
-        assert "Incidents: 4" in r.body  # the plain text kept for when every template fails
+        assert "Incidents: 150" in r.body  # the plain text kept for when every template fails
         data = r.data
         assert data["name"] == "weekly" and data["timezone"] == "Europe/Berlin"
         assert len(data["report"]["incidents"]) == 100 and data["report"]["incidents_total"] == 150
@@ -331,3 +335,52 @@ async def test_no_summary_when_switched_off(rig: Rig, tmp_path):
     rig.clock.advance(timedelta(minutes=1))
     assert await n.tick(rig.clock.now()) is True
     assert await rig.rows("handoff_summary") == []
+
+
+async def test_capacity_charts_are_drawn_at_the_time_the_capacity_was_computed(rig: Rig, monkeypatch):
+    """The capacity rows are computed now (the fire), not at the period's end (Monday 00:00, 8 hours earlier): their
+    charts must end, and project to the exhaustion, from the same instant."""
+    import fsincident.analytics.capacity as capacity
+
+    seen: list[datetime] = []
+
+    async def fake_chart(row, history, now, *, lookback=timedelta(days=2), tz="UTC"):
+        seen.append(now)
+        return b"\x89PNG\r\n\x1a\n"
+
+    monkeypatch.setattr(capacity, "capacity_chart", fake_chart)
+    rig.analytics.history = object()
+    clock = rig.clock
+    sched = rig.scheduler()
+    await sched.tick(clock.now())
+    clock.advance(timedelta(hours=1))  # Monday 08:00 in Berlin: the weekly fire
+    assert await sched.tick(clock.now()) is True
+    assert seen == [clock.now()]
+    rows = await rig.rows()
+    assert "capacity-1" in [c["name"] for c in rows[0].data["charts"]]
+
+
+async def test_on_call_hours_for_a_report_do_not_wait_for_the_write_lock(rig: Rig):
+    """``all_shifts`` (the on-call section of every report) only reads: it neither takes nor waits for the write
+    lock that incidents, acks and deliveries need, so a 400-day report cannot hold them up."""
+    import time
+
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def writer() -> None:
+        async with rig.store.session():
+            held.set()
+            await release.wait()
+
+    task = asyncio.create_task(writer())
+    await held.wait()
+    try:
+        t0 = time.perf_counter()
+        shifts = await asyncio.wait_for(rig.schedules.all_shifts(t(2, 8), t(9, 8)), timeout=10)
+        elapsed = time.perf_counter() - t0
+    finally:
+        release.set()
+        await task
+    assert [(sch, user) for sch, user, _, _ in shifts[:2]] == [("primary", "alice"), ("primary", "bob")]
+    assert len(shifts) == 7 and elapsed < 5

@@ -169,3 +169,22 @@ def test_report_charts_decode_as_png():
         assert img.format == "PNG"
     assert report_charts({}) == []
     assert report_charts({"daily": [{"date": "not a date"}]}) == []  # a broken chart is left out, never raised
+
+
+def test_the_subject_names_a_dst_day_like_any_other_day():
+    """A daily report's subject is the day's date, also on the 23-hour and 25-hour days of DST changes."""
+    from types import SimpleNamespace
+
+    from fsincident.analytics.reports import ReportScheduler
+
+    sched = ReportScheduler.__new__(ReportScheduler)  # title_of reads nothing of the scheduler
+    r = SimpleNamespace(title="Daily", name="daily")
+    for day in (28, 29, 30):  # the 29th of March 2026 is 23 hours long in Berlin
+        start, end = report_window("day", datetime(2026, 3, day + 1, 6, tzinfo=UTC), "Europe/Berlin")
+        assert sched.title_of(r, start, end, "Europe/Berlin") == f"Daily: 2026-03-{day:02d}"
+    start, end = report_window("day", utc(2026, 10, 26, 6), "Europe/Berlin")  # 25 hours
+    assert sched.title_of(r, start, end, "Europe/Berlin") == "Daily: 2026-10-25"
+    start, end = report_window("week", utc(2026, 3, 30, 6), "Europe/Berlin")  # 167 hours
+    assert sched.title_of(r, start, end, "Europe/Berlin") == "Daily: 2026-03-23 to 2026-03-29"
+    start, end = report_window(timedelta(hours=12), utc(2026, 3, 30, 6), "Europe/Berlin")
+    assert sched.title_of(r, start, end, "Europe/Berlin") == "Daily: 2026-03-29 20:00 to 2026-03-30 08:00 CEST"

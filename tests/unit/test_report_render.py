@@ -140,3 +140,43 @@ async def test_build_adds_the_capacity_charts_of_series_heading_for_exhaustion(m
     assert calls == [("a", "Europe/Berlin"), ("broken", "Europe/Berlin"), ("c", "Europe/Berlin")]
     assert [c["name"] for c in data["charts"]] == ["capacity-1", "capacity-3"]
     assert data["title"] == "cap: 2026-03-01 01:00 to 2026-03-02 01:00 CET"
+
+
+def test_a_report_to_chat_pings_nobody():
+    """An incident title or label from an alert (``@channel``, Discord's ``@everyone``) must not ping a whole chat
+    channel from a scheduled report or shift summary, as it cannot from a page."""
+    data = sample_report()
+    data["report"]["incidents"][0]["title"] = "@everyone db-1 is down"
+    data["report"]["response"][0]["group"] = "@here"
+    page = Renderer().report("chat", "report", data, "channel:ops")
+    assert "@everyone" not in page.body and "@here" not in page.body
+    assert "@\u200beveryone db-1 is down" in page.body
+    shift = sample_shift()
+    shift["summary"]["still_open"][0]["title"] = "@channel disk full"
+    page = Renderer().report("chat", "handoff_summary", shift, "user:bob")
+    assert "@channel" not in page.body and "@\u200bchannel disk full" in page.body
+
+
+def test_the_stored_text_of_a_report_pings_nobody_in_chat_either():
+    """When the templates cannot render, the row's stored plain text goes out: to chat, defused like the rest."""
+    from types import SimpleNamespace
+
+    from fsincident.notify.pipeline import Render
+    from fsincident.store.tables import Outbox
+
+    row = Outbox(
+        incident_id=None,
+        target="channel:ops",
+        dest_index=0,
+        kind="handoff_summary",
+        severity="info",
+        title="Shift summary for @here",
+        body="- open #1 [critical] @everyone db-1 is down",
+        state="pending",
+        data=None,
+    )
+    stage = Render.__new__(Render)
+    stage.ctx = SimpleNamespace(renderer=None)
+    for style, pinged in (("chat", False), ("text", True)):
+        d = stage._report(SimpleNamespace(row=row, message=None), style)
+        assert ("@everyone" in d.message.body) is pinged and ("@here" in d.message.title) is pinged
