@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -627,7 +627,19 @@ def cron_trigger(expr: str, timezone: str) -> Any:
         trigger = cron.cron_trigger(expr, timezone)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f'invalid schedule {expr!r}: {e} (e.g. "0 8 * * mon": 08:00 every Monday)') from None
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"schedule {expr!r} never fires")
     return trigger
+
+
+REPORT_GROUPS = ("severity", "rule", "route")
+"""What reports may group by besides a label name."""
+
+
+def _group_by_problem(value: str | None) -> str | None:
+    if value is None or value in REPORT_GROUPS or valid_label_name(value):
+        return None
+    return f"invalid group_by {value!r}: write a label name, severity, rule or route"
 
 
 def _check_analytics(
@@ -641,6 +653,9 @@ def _check_analytics(
     """Services (matchers and series that parse, known sources) and reports (cron, period, known targets)."""
     names = set(source_names)
     if options is not None:
+        msg = _group_by_problem(options.analytics.group_by)
+        if msg:
+            problems.append(doc.problem(("analytics", "group_by"), msg))
         seen: set[str] = set()
         for i, svc in enumerate(options.analytics.services):
             where = ("analytics", "services", i)
@@ -680,6 +695,10 @@ def _check_analytics(
             cron_trigger(r.schedule, r.timezone)
         except ValueError as e:
             problems.append(doc.problem(("reports", i, "schedule"), str(e)))
+            ok = False
+        msg = _group_by_problem(r.group_by)
+        if msg:
+            problems.append(doc.problem(("reports", i, "group_by"), msg))
             ok = False
         try:
             report_period(r.period)
