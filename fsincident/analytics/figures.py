@@ -60,11 +60,47 @@ def percent(part: float, whole: float) -> float | None:
 def counts(incidents: Sequence[IncidentRecord], ack_within: float) -> dict[str, Any]:
     """The summary keys (counts, MTTA/MTTR/TTD stats, acknowledged within ``ack_within`` seconds) of
     ``incidents``."""
-    n = len(incidents)
+    return _summary(_tally(incidents, ack_within), ack_within)
+
+
+class _Tally:
+    """The counts and durations of some incidents, before the stats: tallies of groups add up to the whole's."""
+
+    __slots__ = (
+        "acked",
+        "escalations",
+        "n",
+        "open",
+        "pages",
+        "reopens",
+        "resolved",
+        "retriggers",
+        "ttas",
+        "ttds",
+        "ttrs",
+        "within",
+    )
+
+    def __init__(self) -> None:
+        self.n = self.acked = self.resolved = self.open = self.pages = self.escalations = 0
+        self.retriggers = self.reopens = self.within = 0
+        self.ttas: list[float] = []
+        self.ttrs: list[float] = []
+        self.ttds: list[float] = []
+
+    def add(self, other: _Tally) -> None:
+        for k in ("n", "acked", "resolved", "open", "pages", "escalations", "retriggers", "reopens", "within"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.ttas += other.ttas
+        self.ttrs += other.ttrs
+        self.ttds += other.ttds
+
+
+def _tally(incidents: Sequence[IncidentRecord], ack_within: float) -> _Tally:
+    t = _Tally()
+    t.n = len(incidents)
     acked = resolved = open_ = pages = escalations = retriggers = reopens = within = 0
-    ttas: list[float] = []
-    ttrs: list[float] = []
-    ttds: list[float] = []
+    ttas, ttrs, ttds = t.ttas, t.ttrs, t.ttds
     for r in incidents:  # the hot loop of a report: attributes read once, TTA/TTR as IncidentRecord defines them
         c, a, res = r.created, r.acked, r.resolved
         if a is not None:
@@ -93,19 +129,25 @@ def counts(incidents: Sequence[IncidentRecord], ack_within: float) -> dict[str, 
             reopens += 1
         if r.ttd is not None:
             ttds.append(r.ttd)
+    t.acked, t.resolved, t.open, t.pages, t.escalations = acked, resolved, open_, pages, escalations
+    t.retriggers, t.reopens, t.within = retriggers, reopens, within
+    return t
+
+
+def _summary(t: _Tally, ack_within: float) -> dict[str, Any]:
     return {
-        "incidents": n,
-        "acknowledged": acked,
-        "resolved": resolved,
-        "open": open_,
-        "pages": pages,
-        "escalations": escalations,
-        "retriggers": retriggers,
-        "reopens": reopens,
-        "mtta_seconds": stats(ttas),
-        "mttr_seconds": stats(ttrs),
-        "ttd_seconds": stats(ttds),
-        "acked_within": {"seconds": ack_within, "count": within, "percent": percent(within, n)},
+        "incidents": t.n,
+        "acknowledged": t.acked,
+        "resolved": t.resolved,
+        "open": t.open,
+        "pages": t.pages,
+        "escalations": t.escalations,
+        "retriggers": t.retriggers,
+        "reopens": t.reopens,
+        "mtta_seconds": stats(t.ttas),
+        "mttr_seconds": stats(t.ttrs),
+        "ttd_seconds": stats(t.ttds),
+        "acked_within": {"seconds": ack_within, "count": t.within, "percent": percent(t.within, t.n)},
     }
 
 
@@ -119,9 +161,22 @@ def grouped(incidents: Iterable[IncidentRecord]) -> dict[str, list[IncidentRecor
 
 def response(incidents: Sequence[IncidentRecord], ack_within: float) -> list[dict[str, Any]]:
     """One row per group: ``{"group", ...the summary keys...}``, the busiest group first."""
-    rows = [{"group": g, **counts(rs, ack_within)} for g, rs in grouped(incidents).items()]
+    return summary_and_response(incidents, ack_within)[1]
+
+
+def summary_and_response(
+    incidents: Sequence[IncidentRecord], ack_within: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(counts(incidents), response(incidents))`` in one pass over the incidents: the summary adds up the
+    groups' tallies (the same numbers, the durations sorted together for the stats)."""
+    whole = _Tally()
+    rows = []
+    for g, rs in grouped(incidents).items():
+        t = _tally(rs, ack_within)
+        rows.append({"group": g, **_summary(t, ack_within)})
+        whole.add(t)
     rows.sort(key=lambda r: -r["incidents"])  # stable: equal counts stay in name order
-    return rows
+    return _summary(whole, ack_within), rows
 
 
 def daily(incidents: Iterable[IncidentRecord], start: float, end: float, tz: str) -> list[dict[str, Any]]:
@@ -252,24 +307,29 @@ class PageClock:
 def fatigue_rules(incidents: Iterable[IncidentRecord], flap_count: int) -> list[dict[str, Any]]:
     """Per rule (the incident's ``alertname``): incidents, pages, how many were acted on, re-opens and re-triggers,
     whether its pages are rarely acted on and whether it is flapping; the most paging rule first."""
-    by: dict[str, list[IncidentRecord]] = defaultdict(list)
+    by: dict[str, list[int]] = {}  # incidents, pages, acted, re-opens, re-triggers: one pass
     for r in incidents:
-        by[r.rule].append(r)
+        t = by.get(r.rule)
+        if t is None:
+            t = by[r.rule] = [0, 0, 0, 0, 0]
+        t[0] += 1
+        t[1] += r.pages
+        if r.acted:
+            t[2] += 1
+        if r.reopen:
+            t[3] += 1
+        t[4] += r.retriggers
     rows = []
     for rule in sorted(by):
-        rs = by[rule]
-        acted = sum(1 for r in rs if r.acted)
-        reopens = sum(1 for r in rs if r.reopen)
-        retriggers = sum(r.retriggers for r in rs)
-        acted_pct = percent(acted, len(rs))
+        n, pages, acted, reopens, retriggers = by[rule]
         rows.append(
             {
                 "rule": rule,
-                "incidents": len(rs),
-                "pages": sum(r.pages for r in rs),
+                "incidents": n,
+                "pages": pages,
                 "acted": acted,
-                "acted_percent": acted_pct,
-                "rarely_acted": len(rs) >= RARELY_ACTED_MIN and 100.0 * acted / len(rs) < RARELY_ACTED_PERCENT,
+                "acted_percent": percent(acted, n),
+                "rarely_acted": n >= RARELY_ACTED_MIN and 100.0 * acted / n < RARELY_ACTED_PERCENT,
                 "reopens": reopens,
                 "retriggers": retriggers,
                 "flapping": reopens + retriggers >= flap_count,

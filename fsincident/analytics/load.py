@@ -1,18 +1,20 @@
 """Loading the facts of a period with column selects and SQL aggregates (no ORM objects), fast on 100k incidents.
 
 Times come back as Unix seconds (milliseconds) computed by the database (``julianday`` on SQLite, ``extract(epoch
-...)`` on PostgreSQL), so no datetime is parsed per row. One row per incident comes back, with its page count and
-first alert start as correlated subqueries on the outbox and alert indexes; the rarer timeline events and the pages
-to people are aggregated with ``GROUP BY`` over the period's id range. Rows are fetched straight from the driver.
+...)`` on PostgreSQL), so no datetime is parsed per row. One plain row per incident comes back; what the outbox,
+the alerts and the timeline add (pages, first alert start, re-triggers, escalations, notes, pages to people) is
+aggregated with ``GROUP BY`` over the period's id range, one query per table (no correlated subquery per incident),
+and the services' outage spans come from one query for all services. Rows are fetched straight from the driver.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
-from collections import defaultdict
+import itertools
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,14 +33,8 @@ def epoch(column: Any, sqlite: bool) -> Any:
     """SQL for a timestamp column as Unix seconds (float, millisecond precision on SQLite)."""
     if sqlite:  # julianday keeps SQLite's millisecond precision (to within 50 µs): whole milliseconds again
         return sa.cast((sa.func.julianday(column) - 2440587.5) * 86400000.0 + 0.5, sa.Integer) / 1000.0
-    return sa.cast(sa.extract("epoch", column), sa.Float)
-
-
-def epoch_ms(column: Any, sqlite: bool) -> Any:
-    """SQL for a timestamp column as whole Unix milliseconds on SQLite (seconds on PostgreSQL, see ``epoch``)."""
-    if sqlite:
-        return sa.cast((sa.func.julianday(column) - 2440587.5) * 86400000.0 + 0.5, sa.Integer)
-    return epoch(column, sqlite)
+    # date_part computes in double precision: the same value as extract's exact numeric cast to float, cheaper
+    return sa.func.date_part("epoch", column, type_=sa.Float)
 
 
 def json_text(column: Any, key: str, sqlite: bool) -> Any:
@@ -64,13 +60,6 @@ def _in_period(start: datetime, end: datetime) -> list[Any]:
     return [col(Incident.created_at) >= start, col(Incident.created_at) < end]
 
 
-def _page_key(sqlite: bool) -> Any:
-    """SQL naming one page of an outbox row: its event and target (the destination index left out)."""
-    if sqlite:
-        return sa.func.printf("%d:%s", sa.func.coalesce(col(Outbox.event_id), -1), col(Outbox.target))
-    return sa.tuple_(col(Outbox.event_id), col(Outbox.target))  # a row value: NULL events count as one
-
-
 def _paged() -> list[Any]:
     return [col(Outbox.kind) == "trigger", col(Outbox.state).not_in(UNPAGED_STATES)]
 
@@ -78,47 +67,81 @@ def _paged() -> list[Any]:
 async def incidents(
     s: AsyncSession, sqlite: bool, start: datetime, end: datetime, group_by: str
 ) -> dict[int, IncidentRecord]:
-    """The incidents opened in ``[start, end)`` by id, with their group, rule, page count and time to detect (the
-    last two as correlated subqueries over the outbox and alert indexes: one row per incident comes back)."""
-    grp = group_expr(group_by, sqlite)
-    rule = json_text(Incident.labels, "alertname", sqlite)
-    pages = (
-        sa.select(sa.func.count(sa.distinct(_page_key(sqlite))))
-        .where(col(Outbox.incident_id) == col(Incident.id), *_paged())
-        .scalar_subquery()
-    )
-    first_alert = (
-        sa.select(sa.func.min(col(Alert.starts_at))).where(col(Alert.incident_id) == col(Incident.id)).scalar_subquery()
-    )
+    """The incidents opened in ``[start, end)`` by id, with their group and rule, one plain row per incident
+    (``apply_pages``, ``apply_first_alerts`` and ``apply_timeline`` add what the other tables say)."""
+    grp = _or_none(group_expr(group_by, sqlite))
+    rule = grp if group_by == "rule" else _or_none(json_text(Incident.labels, "alertname", sqlite))
     q = sa.select(
         col(Incident.id),
-        epoch_ms(Incident.created_at, sqlite),
-        epoch_ms(Incident.acknowledged_at, sqlite),
-        epoch_ms(Incident.resolved_at, sqlite),
+        epoch(Incident.created_at, sqlite),
+        epoch(Incident.acknowledged_at, sqlite),
+        epoch(Incident.resolved_at, sqlite),
         col(Incident.state),
         col(Incident.severity),
         grp,
-        rule if group_by != "rule" else sa.null(),
+        rule,
         col(Incident.group_key),
         col(Incident.resolved_by),
-        pages,
-        epoch_ms(first_alert, sqlite),
     ).where(*_in_period(start, end))
-    out: dict[int, IncidentRecord] = {}
-    by_rule = group_by == "rule"
-    for iid, c, a, r, state, sev, g, ru, gk, rby, n, first in await _rows(s, q):
-        g = str(g) if g else NONE_GROUP
-        ru = g if by_rule else (str(ru) if ru else NONE_GROUP)
-        if sqlite:  # integer milliseconds (SQLite's precision) to seconds
-            c = c / 1000
-            a = None if a is None else a / 1000
-            r = None if r is None else r / 1000
-            first = None if first is None else first / 1000
-        rec = IncidentRecord(iid, c, a, r, state, sev, g, ru, gk, rby, 0, 0, 0, 0, n or 0)
-        if first is not None and c > first:
-            rec.ttd = c - first
-        out[iid] = rec
-    return out
+    recs = list(itertools.starmap(IncidentRecord, await _rows(s, q)))  # the row is the record's first fields
+    return {r.id: r for r in recs}
+
+
+def _or_none(expr: Any) -> Any:
+    """SQL: a group name as text, ``(none)`` when missing or empty."""
+    return sa.func.coalesce(sa.func.nullif(expr, ""), NONE_GROUP)
+
+
+async def first_alerts(s: AsyncSession, sqlite: bool, ids: tuple[int, int]) -> list[tuple[int, float]]:
+    """``(incident_id, earliest alert start)`` of the incidents in the id range (grouped over the alert table's
+    incident_id index, not a subquery per incident)."""
+    a = Alert
+    q = (
+        sa.select(col(a.incident_id), epoch(sa.func.min(col(a.starts_at)), sqlite))
+        .where(*_between(col(a.incident_id), ids))
+        .group_by(col(a.incident_id))
+    )
+    return [(i, t) for i, t in await _rows(s, q) if t is not None]
+
+
+def apply_first_alerts(recs: dict[int, IncidentRecord], firsts: list[tuple[int, float]]) -> None:
+    """Set the time to detect of the records whose first alert started before the incident opened."""
+    get = recs.get
+    for iid, first in firsts:
+        r = get(iid)
+        if r is not None and r.created > first:
+            r.ttd = r.created - first
+
+
+async def pages(
+    s: AsyncSession, sqlite: bool, ids: tuple[int, int], people: bool = True
+) -> tuple[Counter[int], list[tuple[int, str, float]]]:
+    """The pages of the incidents in the id range, one per (incident, event, target) of their trigger rows that
+    reached someone: ``(pages per incident, [(incident_id, user, first queue time)] of the pages to people)``
+    (``user:NAME`` targets; a schedule's page is stored as its on-call user's). One grouped scan of the outbox
+    serves both; the queue time is only computed for people's pages (and not at all without ``people``)."""
+    o = Outbox
+    tgt = col(o.target)
+    is_person = tgt.startswith("user:")
+    first = sa.case((is_person, epoch(sa.func.min(col(o.created_at)), sqlite))) if people else sa.null()
+    q = (
+        sa.select(col(o.incident_id), tgt, first)
+        .where(*_between(col(o.incident_id), ids), *_paged())
+        .group_by(col(o.incident_id), col(o.event_id), tgt)
+    )
+    rows = await _rows(s, q)
+    per_incident = Counter(map(itemgetter(0), rows))
+    # PageRecord-shaped tuples; only a person's page has a time
+    return per_incident, [(iid, target[5:], at) for iid, target, at in rows if at is not None]
+
+
+def apply_pages(recs: dict[int, IncidentRecord], counts: dict[int, int]) -> None:
+    """Set the page counts of the records."""
+    get = recs.get
+    for iid, n in counts.items():
+        r = get(iid)
+        if r is not None:
+            r.pages = n
 
 
 async def id_range(s: AsyncSession, start: datetime, end: datetime) -> tuple[int, int] | None:
@@ -147,15 +170,21 @@ async def event_counts(s: AsyncSession, sqlite: bool, ids: tuple[int, int]) -> l
         ),
     )
 
-    def count(cond: Any) -> Any:
-        return sa.func.sum(sa.case((cond, 1), else_=0))
-
-    q = (
-        sa.select(col(e.incident_id), count(kind == "retriggered"), count(kind == "escalated"), count(kind == "note"))
-        .where(*_between(col(e.incident_id), ids), sa.or_(kind.in_(("retriggered", "note")), past_first))
-        .group_by(col(e.incident_id))
+    q = sa.select(col(e.incident_id), kind).where(
+        kind.in_(("retriggered", "note", "escalated")),  # the (kind, incident_id) index: these kinds only
+        *_between(col(e.incident_id), ids),
+        sa.or_(kind.in_(("retriggered", "note")), past_first),
     )
-    return [(int(i), int(r or 0), int(x or 0), int(n or 0)) for i, r, x, n in await _rows(s, q)]
+    # Counted here, not with GROUP BY: grouping by incident_id would make SQLite walk every event of the range in
+    # the incident_id index (three times slower), and the rows are few (the rarer kinds only).
+    acc: dict[int, list[int]] = {}
+    slot = {"retriggered": 0, "escalated": 1, "note": 2}
+    for iid, k in await _rows(s, q):
+        c = acc.get(iid)
+        if c is None:
+            c = acc[iid] = [0, 0, 0]
+        c[slot[k]] += 1
+    return [(i, c[0], c[1], c[2]) for i, c in sorted(acc.items())]
 
 
 async def first_acks(s: AsyncSession, sqlite: bool, incident_ids: list[int]) -> list[tuple[int, int, float | None]]:
@@ -191,18 +220,6 @@ def apply_timeline(recs: dict[int, IncidentRecord], counts: list[Any], acks: lis
             r.ack_events = n
             if first is not None and (r.acked is None or first < r.acked):
                 r.acked = first
-
-
-async def people_pages(s: AsyncSession, sqlite: bool, ids: tuple[int, int]) -> list[tuple[int, str, float]]:
-    """The pages to people (``user:NAME`` targets; a schedule's page is stored as its on-call user's) of the
-    incidents in the id range: one ``(incident_id, user, first queue time)`` per (incident, event, user)."""
-    o = Outbox
-    q = (
-        sa.select(col(o.incident_id), col(o.target), sa.func.min(epoch(o.created_at, sqlite)))
-        .where(*_between(col(o.incident_id), ids), *_paged(), col(o.target).startswith("user:"))
-        .group_by(col(o.incident_id), col(o.event_id), col(o.target))
-    )
-    return [(iid, tgt[5:], at) for iid, tgt, at in await _rows(s, q)]  # PageRecord-shaped tuples
 
 
 async def resolved_before(
@@ -250,30 +267,39 @@ async def outage_spans(
     sqlite: bool,
     start: datetime,
     end: datetime,
-    severities: Sequence[str],
-    matchers: Sequence[Matcher],
-) -> list[tuple[float, float | None]]:
-    """``(opened, resolved or None)`` of the incidents of ``severities`` whose labels satisfy ``matchers`` and that
-    overlap ``[start, end)``; ``name="value"`` matchers are tested by the database, the others here."""
-    in_sql = [m for m in matchers if m.op == "=" and m.value]
-    rest = [m for m in matchers if m not in in_sql]
+    services: Sequence[tuple[str, Sequence[str], Sequence[Matcher]]],
+) -> dict[str, list[tuple[float, float | None]]]:
+    """Per service ``(name, severities, matchers)``: the ``(opened, resolved or None)`` of the incidents of its
+    severities whose labels satisfy its matchers and that overlap ``[start, end)``. One query for all services
+    reads the times, the severity and the matched label values of the incidents overlapping the period (bounded by
+    the resolved_at and created_at indexes); the matchers are tested here, once per distinct set of values."""
+    out: dict[str, list[tuple[float, float | None]]] = {name: [] for name, _, _ in services}
+    sevs = sorted({str(x) for _, ss, _ in services for x in ss})
+    if not services or not sevs:
+        return out
+    names = sorted({m.name for _, _, ms in services for m in ms})
     q = sa.select(
         epoch(Incident.created_at, sqlite),
         epoch(Incident.resolved_at, sqlite),
-        sa.cast(col(Incident.labels), sa.Text) if rest else sa.null(),
+        col(Incident.severity),
+        *[json_text(Incident.labels, n, sqlite) for n in names],
     ).where(
         col(Incident.created_at) < end,
         sa.or_(col(Incident.resolved_at).is_(None), col(Incident.resolved_at) > start),
-        col(Incident.severity).in_(list(severities)),
-        *[json_text(Incident.labels, m.name, sqlite) == m.value for m in in_sql],
+        col(Incident.severity).in_(sevs),
     )
-    out: list[tuple[float, float | None]] = []
-    for c, r, lab in await _rows(s, q):
-        if rest:
-            labels = json.loads(lab) if lab else {}
-            if not all(m.matches(labels.get(m.name, "")) for m in rest):
-                continue
-        out.append((c, r))
+    rules = [(out[name], frozenset(str(x) for x in ss), ms) for name, ss, ms in services]
+    where: dict[tuple[Any, ...], list[list[tuple[float, float | None]]]] = {}
+    for row in await _rows(s, q):
+        key = tuple(row[2:])
+        lists = where.get(key)
+        if lists is None:
+            labels = {n: ("" if v is None else str(v)) for n, v in zip(names, key[1:], strict=True)}
+            lists = where[key] = [
+                spans for spans, ss, ms in rules if key[0] in ss and all(m.matches(labels[m.name]) for m in ms)
+            ]
+        for spans in lists:
+            spans.append((row[0], row[1]))
     return out
 
 

@@ -46,7 +46,7 @@ class Incident(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     acknowledged_at: datetime | None = _ts()
     acknowledged_by: str | None = Field(default=None, max_length=200)
-    resolved_at: datetime | None = _ts()
+    resolved_at: datetime | None = _ts(index=True)  # analytics: incidents overlapping a period (SLA, re-opens)
     resolved_by: str | None = Field(default=None, max_length=200)
     # Escalation (issue #5): the policy fixed at creation, the next step to run and when it is due.
     # ``esc_due_at`` NULL = nothing scheduled; ``esc_reason`` says what is due: step | ack_timeout.
@@ -72,9 +72,13 @@ class Alert(SQLModel, table=True):
     """One series of an incident (a rule series or an ingested alert)."""
 
     __tablename__ = "alert"
-    __table_args__ = (sa.UniqueConstraint("incident_id", "fingerprint", name="uq_alert_incident_fingerprint"),)
+    __table_args__ = (
+        sa.UniqueConstraint("incident_id", "fingerprint", name="uq_alert_incident_fingerprint"),
+        # An incident's alerts and their first start (analytics' time to detect) from the index alone.
+        sa.Index("ix_alert_incident_id_starts_at", "incident_id", "starts_at"),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    incident_id: int = Field(foreign_key="incident.id", index=True, ondelete="CASCADE")
+    incident_id: int = Field(foreign_key="incident.id", ondelete="CASCADE")
     fingerprint: str = Field(max_length=32, index=True)
     alertname: str = Field(max_length=200)
     origin: str = Field(max_length=300)
@@ -91,6 +95,8 @@ class IncidentEvent(SQLModel, table=True):
     """A line of an incident's timeline."""
 
     __tablename__ = "incident_event"
+    # Analytics: the rarer kinds (re-triggers, escalations, notes, acknowledgements) of a period's incidents.
+    __table_args__ = (sa.Index("ix_incident_event_kind_incident_id", "kind", "incident_id"),)
     id: int | None = Field(default=None, primary_key=True)
     incident_id: int = Field(foreign_key="incident.id", index=True, ondelete="CASCADE")
     at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
@@ -146,6 +152,9 @@ class Outbox(SQLModel, table=True):
     muted, or bundled (waiting in the digest row ``digest_id``)."""
 
     __tablename__ = "outbox"
+    # Delivery's due rows and earliest pending time (``state='pending' AND next_attempt_at <= now``, ``state=
+    # 'sending' AND lease_until < now`` few rows), without walking every sent row; also serves ``state`` alone.
+    __table_args__ = (sa.Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),)
     id: int | None = Field(default=None, primary_key=True)
     incident_id: int | None = Field(default=None, foreign_key="incident.id", index=True, ondelete="CASCADE")
     event_id: int | None = Field(default=None, foreign_key="incident_event.id", ondelete="SET NULL")
@@ -155,7 +164,7 @@ class Outbox(SQLModel, table=True):
     severity: str = Field(default="warning", max_length=20)
     title: str = Field(max_length=1000)
     body: str
-    state: str = Field(max_length=20, index=True)
+    state: str = Field(max_length=20)
     attempts: int = 0
     next_attempt_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False, index=True)
     lease_until: datetime | None = _ts()
