@@ -457,7 +457,7 @@ class ReportScheduler:
         """The ``data`` of report ``r`` over ``[start, end)``: the analytics report, its charts and capacity charts
         (drawn in a worker thread); raises what the analytics raise (a chart that fails is only left out)."""
         report = await self.analytics.report(
-            start, end, group_by=r.group_by, sections=list(r.sections), limit=MAX_INCIDENTS_LISTED
+            start, end, group_by=r.group_by, sections=list(r.sections), limit=MAX_INCIDENTS_LISTED, timezone=r.timezone
         )
         charts = await asyncio.to_thread(report_charts, report)
         # The capacity rows are computed at now (the report's generated_at), not at the period's end: their charts

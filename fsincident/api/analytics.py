@@ -2,7 +2,8 @@
 
 ``GET /api/v1/analytics/report`` and ``GET /api/v1/analytics/{section}`` take ``from``/``to`` (ISO 8601, ``now``,
 ``now-1d``) or ``period`` (a duration ending at ``to`` or now; default 7d), ``group_by``, ``ack_within``,
-``limit`` (incidents listed), ``sections=a,b`` (report only) and ``format=json|csv``.
+``limit`` (incidents listed), ``timezone`` (of the per-day counts), ``sections=a,b`` (report only) and
+``format=json|csv``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fsincident.api import CTX, ApiError, scope
 from fsincident.core import parse_duration
 from fsincident.escalation.schedules import parse_instant
 
-PARAMS = {"from", "to", "period", "group_by", "ack_within", "limit", "format", "sections"}
+PARAMS = {"from", "to", "period", "group_by", "ack_within", "limit", "format", "sections", "timezone"}
 FORMATS = ("json", "csv")
 
 
@@ -104,6 +105,7 @@ async def _answer(request: web.Request, section: str | None) -> web.StreamRespon
             sections=sections,
             ack_within=ack_within,
             limit=limit,
+            timezone=(q.get("timezone") or "").strip() or None,
         )
     except AnalyticsError as e:
         raise ApiError(400, e.message, {"parameter": e.param}) from None

@@ -427,3 +427,16 @@ async def test_parallel_and_sequential_loading_agree(store: Store, svc: Analytic
     together = await svc.report(T0, END, group_by="rule")
     svc.parallel = False
     assert await svc.report(T0, END, group_by="rule") == together
+
+
+async def test_days_are_counted_in_the_asked_time_zone(store: Store, svc: AnalyticsService) -> None:
+    await seed(store)
+    rep = await svc.report(T0, END, sections=["summary"], timezone="America/New_York")
+    assert rep["timezone"] == "America/New_York"
+    days = {d["date"]: d["incidents"] for d in rep["daily"]}
+    # A opened 2026-03-02 01:00 UTC = 1 March 20:00 in New York; the period starts there on 1 March 19:00.
+    assert min(days) == "2026-03-01" and days["2026-03-01"] == 1
+    assert sum(days.values()) == rep["summary"]["incidents"] == 5
+    with pytest.raises(AnalyticsError) as e:
+        await svc.report(T0, END, timezone="Mars/Olympus")
+    assert e.value.param == "timezone"

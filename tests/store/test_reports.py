@@ -68,14 +68,18 @@ class FakeAnalytics:
         self.history = None
         self.calls: list[tuple[datetime, datetime, str | None, list[str]]] = []
         self.fail: Exception | None = None
+        self.zones: list[str | None] = []  # the time zone each report's days were asked in
 
     def config(self) -> Any:
         return self.cfg
 
-    async def report(self, start: datetime, end: datetime, *, group_by=None, sections=None, limit=100) -> dict:
+    async def report(
+        self, start: datetime, end: datetime, *, group_by=None, sections=None, limit=100, timezone=None
+    ) -> dict:
         if self.fail is not None:
             raise self.fail
         self.calls.append((start, end, group_by, list(sections or [])))
+        self.zones.append(timezone)
         rep = sample_report()["report"]
         rep["period"] = {"from": start.isoformat(), "to": end.isoformat(), "seconds": (end - start).total_seconds()}
         rep["generated_at"] = self.clock.now().isoformat()  # when the figures (capacity too) were computed
@@ -143,6 +147,7 @@ async def test_a_cron_fire_queues_the_report_once(rig: Rig):
     assert await sched.tick(clock.now()) is True and rig.kicks == 1
     # The previous whole week (Monday to Monday) in Berlin.
     assert rig.analytics.calls == [(t(22, 23, month=2), t(1, 23), "team", ["summary", "response", "sla", "incidents"])]
+    assert rig.analytics.zones == ["Europe/Berlin"]  # the report's days are Berlin days, not analytics.timezone's
     rows = await rig.rows()
     # ops' one URL, alice's low-urgency contact (not her high-urgency-only one), and the schedule's on-call person
     # (bob until 08:00 UTC: alice has even days since 5 January).
