@@ -1,4 +1,4 @@
-"""Shared fixtures: database URLs for SQLite and a throw-away PostgreSQL database per test."""
+"""Shared fixtures: database URLs for SQLite and a throw-away PostgreSQL database per test; a local SMTP server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import uuid
 
 import asyncpg
 import pytest
+from aiosmtpd.controller import Controller
+
+from tests.helpers import Inbox, free_port
 
 PG_ADMIN = os.environ.get("FSINCIDENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -66,3 +69,16 @@ def pytest_configure(config):
     from fsincident.obs import configure_logging
 
     configure_logging("warning")
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd) on a free loopback port: ``(Inbox, port)``."""
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
 import os
 import signal
@@ -10,9 +12,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +293,31 @@ class DaemonProcess:
                     return last
             time.sleep(0.1)
         raise AssertionError(f"incident condition not met in {timeout}s; last: {last}")
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], EmailMessage]] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        with self._lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+    def wait(self, n: int = 1, timeout: float = 10) -> list[tuple[str, list[str], EmailMessage]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.messages) >= n:
+                    return list(self.messages)
+            time.sleep(0.02)
+        raise AssertionError(f"expected {n} messages, got {len(self.messages)}")
+
+
+def mailto(port: int, extra: str = "") -> str:
+    """An apprise URL sending mail to the local aiosmtpd server on ``port`` (no TLS)."""
+    return f"mailto://127.0.0.1:{port}?from=fsincident@example.com&to=oncall@example.com&mode=insecure{extra}"

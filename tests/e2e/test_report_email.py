@@ -4,63 +4,23 @@ that decode; ``GET /api/v1/reports`` shows its fire times and ``POST /api/v1/rep
 
 from __future__ import annotations
 
-import email
-import email.policy
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from io import BytesIO
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from PIL import Image
 
-from tests.helpers import free_port, write_config
+from tests.helpers import free_port, mailto, write_config
 
 pytestmark = pytest.mark.slow
 
 WAIT = 100.0  # seconds: the next minute's fire (at most 60 s away), the report, its charts and the delivery
 
 
-class Inbox:
-    """An aiosmtpd handler that keeps every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
-        with self._lock:
-            self.messages.append(msg)
-        return "250 OK"
-
-    def wait(self, n: int, timeout: float) -> list[EmailMessage]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.messages) >= n:
-                    return list(self.messages)
-            time.sleep(0.1)
-        raise AssertionError(f"expected {n} mails in {timeout:g}s, got {len(self.messages)}")
-
-
-@pytest.fixture
-def smtp():
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
-
-
 def config(tmp_path: Path, port: int, smtp_port: int) -> Path:
-    mail = f"mailto://127.0.0.1:{smtp_port}?from=fsincident@example.com&to=ops@example.com&mode=insecure"
+    mail = mailto(smtp_port)
     return write_config(
         tmp_path / "cfg",
         f"""
@@ -115,7 +75,7 @@ def test_a_scheduled_report_arrives_by_email_with_its_charts(tmp_path, smtp, spa
     assert status == 200, body
     d.wait_incidents(lambda incs: len(incs) == 1)
 
-    [msg] = inbox.wait(1, WAIT)[:1]
+    [(_, _, msg)] = inbox.wait(1, WAIT)[:1]
     assert msg["Subject"].startswith("Ops report: ")
     text, html, files = parts(msg)
     assert "Period:" in text and "Period:" in html
@@ -138,7 +98,7 @@ def test_a_scheduled_report_arrives_by_email_with_its_charts(tmp_path, smtp, spa
     status, out = d.api("POST", "/api/v1/reports/minutely/send")
     assert status == 202 and out["report"] == "minutely" and out["queued"] == 1, out
     mails = inbox.wait(before + 1, 30)
-    text, html, files = parts(mails[-1])
+    text, html, files = parts(mails[-1][2])
     assert "ApiDown" in text or "api is down" in text, text
     assert files
     status, out = d.api("POST", "/api/v1/reports/nope/send")

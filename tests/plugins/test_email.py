@@ -4,66 +4,21 @@ and a text part with the incident's title, labels and signed links; ``?format=te
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import re
-import threading
 import time
 from email.message import EmailMessage
-
-import pytest
-from aiosmtpd.controller import Controller
 
 from fsincident.notify.channels.apprise import AppriseNotifier, AppriseOptions
 from fsincident.notify.render import Renderer, sample_page
 from fsincident.plugins import Message
-from tests.helpers import free_port, write_config
+from tests.helpers import free_port, mailto, write_config
 
 LINKS = {"ack": "https://fsi.example/l/ACK-abc123", "resolve": "https://fsi.example/l/RES-def456"}
-
-
-class Inbox:
-    """An aiosmtpd handler that keeps every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], EmailMessage]] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
-        with self._lock:
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-    def wait(self, n: int = 1, timeout: float = 10) -> list[tuple[str, list[str], EmailMessage]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.messages) >= n:
-                    return list(self.messages)
-            time.sleep(0.02)
-        raise AssertionError(f"expected {n} messages, got {len(self.messages)}")
-
-
-@pytest.fixture
-def smtp():
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 def content(part: EmailMessage) -> str:
     """A text part's content with SMTP's CRLF line ends made LF."""
     return part.get_content().replace("\r\n", "\n")
-
-
-def mailto(port: int, extra: str = "") -> str:
-    return f"mailto://127.0.0.1:{port}?from=fsincident@example.com&to=oncall@example.com&mode=insecure{extra}"
 
 
 def hostile() -> dict:
