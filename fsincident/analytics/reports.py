@@ -560,7 +560,8 @@ class ReportScheduler:
                     "to": list(r.to),
                     "sections": list(r.sections),
                     "next_at": isoformat(nxt),
-                    "last_fire_at": isoformat(st.last_fire_at) if st is not None else None,
+                    # The first start only sets the mark; a fire counts once its report was queued.
+                    "last_fire_at": isoformat(st.last_fire_at) if st is not None and st.last_queued_at else None,
                     "last_queued_at": isoformat(st.last_queued_at) if st is not None else None,
                     "last_error": st.last_error if st is not None else None,
                 }

@@ -248,11 +248,15 @@ async def test_send_now_and_listing(rig: Rig):
         await sched.send_now("nope")
     [listed] = await sched.listing()
     assert listed["name"] == "weekly" and listed["next_at"] == "2026-03-02T07:00:00Z"
-    assert listed["last_fire_at"] == "2026-03-02T06:00:00Z" and listed["to"] == [
+    assert listed["last_fire_at"] is None and listed["to"] == [  # the first start's mark is not a fire
         "channel:ops",
         "user:alice",
         "schedule:primary",
     ]
+    clock.advance(timedelta(hours=1))  # the 07:00 UTC fire (08:00 in Berlin)
+    assert await sched.tick(clock.now()) is True
+    [listed] = await sched.listing()
+    assert listed["last_fire_at"] == "2026-03-02T07:00:00Z" and listed["last_queued_at"] == "2026-03-02T07:00:00Z"
 
 
 async def _incident(s, iid_title: str, created: datetime, **kw: Any) -> Incident:
