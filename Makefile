@@ -31,7 +31,7 @@ peers:
 test: $(STAMP) lint
 	bash scripts/install-peers.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile --ignore=tests/e2e
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/e2e
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/e2e
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/config

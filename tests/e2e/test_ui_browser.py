@@ -35,6 +35,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("FSINCIDENT_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
 TOKEN_NAME = "ui-browser"
 WAIT = 10_000  # ms: the longest any expectation waits (a 1 s scrape + 1 s rule interval + a 2 s live refresh fit)
+# Every expectation waits up to WAIT, not Playwright's 5 s: on a busy 2-core machine the overview's card waited
+# longer than 5 s for its first history bucket (a 1 s step, written by the leader's history module).
+expect.set_options(timeout=WAIT)
 POSITIVE = re.compile(r"^[1-9]\d*$")
 SECRET = "hunter2-contact-secret"  # in alice's contact URL: the user page must not show it
 
