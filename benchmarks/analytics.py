@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import result  # noqa: E402
+from benchmarks.common import result, running, stop  # noqa: E402
 from benchmarks.delivery import pg_database, sqlite_database  # noqa: E402
 from tests.helpers import DaemonProcess, Exposition, Receiver, free_port  # noqa: E402
 
@@ -783,18 +783,8 @@ def bench_daemon(
         cfg, port = write_config(Path(tmp), db, exposition, receiver)
         info = asyncio.run(seed(db, n, datetime.now(UTC), instance=f"127.0.0.1:{exposition.port}"))
         print(f"  analytics: seeded {info['rows']} in {info['seconds']}s", file=sys.stderr, flush=True)
-        d = DaemonProcess(cfg, port)
-        d.start()
-        try:
+        with running(DaemonProcess(cfg, port)) as d:
             yield d, d.create_token("admin", name="bench-analytics"), info, cfg
-        except Exception:
-            print(d.logs()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            if d.proc is not None and d.proc.poll() is None:
-                rc = d.stop(timeout=60)
-                if rc != 0:
-                    print(f"warning: fsincident exited with {rc}: {d.logs()[-1500:]}", file=sys.stderr)
 
 
 class Client:
@@ -982,9 +972,7 @@ def one_backend(backend: str, n: int, samples: int) -> tuple[list[dict[str, Any]
                 measured += measure(client, info, samples)
             finally:
                 client.close()
-            rc = d.stop(timeout=60)
-            if rc != 0:
-                print(f"warning: fsincident exited with {rc}: {d.logs()[-1500:]}", file=sys.stderr)
+            stop(d)
             measured += in_process(cfg, info, samples)
             return measured, info
     finally:

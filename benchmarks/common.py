@@ -75,18 +75,29 @@ def daemon(main: str, rules: dict[str, str], env: dict[str, str] | None = None) 
         )
         for name, text in rules.items():
             (cfg / "rules.d" / name).write_text(textwrap.dedent(text).replace("{port}", str(port)))
-        d = DaemonProcess(cfg, port, env=env)
-        d.start()
-        try:
+        with running(DaemonProcess(cfg, port, env=env)) as d:
             yield d
-        except Exception:
-            print(d.logs()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            if d.proc is not None and d.proc.poll() is None:
-                rc = d.stop()
-                if rc != 0:
-                    print(f"warning: daemon exited with {rc}", file=sys.stderr)
+
+
+def stop(d: DaemonProcess, timeout: float = 60) -> None:
+    """Stop ``d`` if it still runs; an exit status other than 0 is printed as a warning with the log's tail."""
+    if d.proc is not None and d.proc.poll() is None:
+        rc = d.stop(timeout=timeout)
+        if rc != 0:
+            print(f"warning: fsincident exited with {rc}: {d.logs()[-1500:]}", file=sys.stderr)
+
+
+@contextmanager
+def running(d: DaemonProcess) -> Iterator[DaemonProcess]:
+    """Start ``d``; print its log's tail when the body fails; always stop it."""
+    d.start()
+    try:
+        yield d
+    except Exception:
+        print(d.logs()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        stop(d)
 
 
 def wait(pred, timeout: float, what: str, step: float = 0.01):  # type: ignore[no-untyped-def]

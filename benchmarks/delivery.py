@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import percentile, result, wait  # noqa: E402
+from benchmarks.common import percentile, result, running, wait  # noqa: E402
 from tests.helpers import DaemonProcess, Receiver, free_port  # noqa: E402
 
 ALERTS = 2_000  # throughput part, per backend and for the two replicas
@@ -118,18 +118,8 @@ def replica(db: str, hook: str, rate_limit: str | None = None) -> Iterator[Daemo
         }.items():
             text = text.replace(key, value)
         (cfg / "fsincident.yaml").write_text(text)
-        d = DaemonProcess(cfg, port)
-        d.start()
-        try:
+        with running(DaemonProcess(cfg, port)) as d:
             yield d
-        except Exception:
-            print(d.logs()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            if d.proc is not None and d.proc.poll() is None:
-                rc = d.stop(timeout=60)
-                if rc != 0:
-                    print(f"warning: fsincident exited with {rc}: {d.logs()[-1500:]}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the client

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import percentile, result  # noqa: E402
+from benchmarks.common import percentile, result, running  # noqa: E402
 from benchmarks.delivery import pg_database, sqlite_database  # noqa: E402
 from tests.helpers import DaemonProcess, Exposition, Receiver, free_port  # noqa: E402
 
@@ -511,18 +511,8 @@ def ui_daemon(db: str, n: int, exposition: Exposition, receiver: Receiver) -> It
         t0 = time.monotonic()
         counts = asyncio.run(seed(db, n, datetime.now(UTC), instance=f"127.0.0.1:{exposition.port}"))
         print(f"  ui: seeded {counts} in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
-        d = DaemonProcess(cfg, port)
-        d.start()
-        try:
+        with running(DaemonProcess(cfg, port)) as d:
             yield d, d.create_token("ack", name="bench-ui")
-        except Exception:
-            print(d.logs()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            if d.proc is not None and d.proc.poll() is None:
-                rc = d.stop(timeout=60)
-                if rc != 0:
-                    print(f"warning: fsincident exited with {rc}: {d.logs()[-1500:]}", file=sys.stderr)
 
 
 class UiClient:
